@@ -1,0 +1,9 @@
+//! fitbench: which language model fits this box, and how fast it will really run here.
+//!
+//! The flow (see DESIGN.md): probe → profiles → catalog → estimate → recommend → bench →
+//! results → report. Each module owns its data type; only the binary prints.
+
+pub mod cli;
+pub mod output;
+pub mod probe;
+pub mod profiles;
