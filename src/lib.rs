@@ -3,7 +3,11 @@
 //! The flow (see DESIGN.md): probe → profiles → catalog → estimate → recommend → bench →
 //! results → report. Each module owns its data type; only the binary prints.
 
+pub mod catalog;
 pub mod cli;
+pub mod estimate;
+pub mod gguf;
 pub mod output;
 pub mod probe;
 pub mod profiles;
+pub mod scan;

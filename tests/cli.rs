@@ -1,35 +1,10 @@
 //! Runs the fitbench binary the way a user does and checks what it prints.
 
+mod common;
+
+use common::{fitbench, fitbench_in, json, stderr, stdout};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn fitbench(args: &[&str]) -> Output {
-    fitbench_in(Path::new(env!("CARGO_MANIFEST_DIR")), None, args)
-}
-
-/// Runs with `profile_dir` as the saved-profile folder, so tests never touch ./profiles.
-fn fitbench_in(cwd: &Path, profile_dir: Option<&Path>, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fitbench"));
-    command.args(args).current_dir(cwd);
-    if let Some(dir) = profile_dir {
-        command.env("FITBENCH_PROFILE_DIR", dir);
-    }
-    command.output().expect("the fitbench binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn json(output: &Output) -> Value {
-    assert!(output.status.success(), "failed: {}", stderr(output));
-    serde_json::from_slice(&output.stdout).expect("valid JSON on stdout")
-}
 
 /// Dotted paths of every leaf in a JSON object; array elements use `[]`.
 fn leaf_paths(value: &Value, prefix: &str, out: &mut Vec<String>) {

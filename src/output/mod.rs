@@ -1,8 +1,13 @@
 //! Rendering for people: tables. Scripts get `--json` from the serde types instead.
 
 mod hardware;
+mod model;
 
 pub use hardware::{hardware_table, profiles_table};
+pub use model::{
+    estimate_table, inspect_table, models_table, quant_rows, quants_table, scan_table,
+    tensors_table, FileSummary,
+};
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 

@@ -43,6 +43,12 @@ fn nvidia(gpus: &mut Vec<Gpu>) -> Result<(), NvmlError> {
             }
             _ => None,
         };
+        let fp32_tflops = match (device.num_cores(), device.max_clock_info(Clock::SM)) {
+            (Ok(cores), Ok(mhz)) if cores > 0 && mhz > 0 => {
+                Some(f64::from(cores) * f64::from(mhz) * 2.0 / 1e6)
+            }
+            _ => None,
+        };
         gpus.push(Gpu {
             vendor: "nvidia".into(),
             name: device.name()?,
@@ -51,6 +57,7 @@ fn nvidia(gpus: &mut Vec<Gpu>) -> Result<(), NvmlError> {
             driver: driver.clone(),
             compute_capability,
             bandwidth_gbs,
+            fp32_tflops,
             unified_memory: false,
         });
     }
@@ -72,6 +79,7 @@ fn apple_silicon(ram_total_bytes: u64) -> Option<Gpu> {
         driver: None,
         compute_capability: None,
         bandwidth_gbs: None,
+        fp32_tflops: None,
         unified_memory: true,
     })
 }

@@ -1,6 +1,7 @@
 //! Probe: what this box has. The `Hardware` type is also what a profile saves.
 
 mod bandwidth;
+mod bandwidth_cache;
 mod cpu;
 mod gpu;
 mod simd;
@@ -125,6 +126,9 @@ pub struct Gpu {
     pub compute_capability: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth_gbs: Option<f64>,
+    /// Peak FP32 throughput: shader cores × boost clock × 2. Prompt processing scales with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp32_tflops: Option<f64>,
     /// True when the GPU shares system RAM (Apple Silicon, Jetson): VRAM is not extra memory.
     #[serde(default)]
     pub unified_memory: bool,
@@ -147,11 +151,21 @@ pub struct TemperatureSensor {
     pub celsius: f32,
 }
 
-/// What `probe` should do beyond the instant facts.
+/// Whether `probe` measures memory bandwidth, which takes about 1.5 s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BandwidthMode {
+    /// Report only the instant facts.
+    #[default]
+    Skip,
+    /// Use this box's cached measurement, measuring (and caching) once when there is none.
+    Cached,
+    /// Measure now and refresh the cache.
+    Measure,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProbeOptions {
-    /// Run the memory read-bandwidth test (up to about 2 s).
-    pub bandwidth: bool,
+    pub bandwidth: BandwidthMode,
 }
 
 /// Reads everything the OS tells about this box.
@@ -171,32 +185,49 @@ pub fn probe(options: ProbeOptions) -> anyhow::Result<Hardware> {
     let total_bytes = system.total_memory();
     let available_bytes = system.available_memory();
 
-    let measured = if options.bandwidth {
+    let cpu_model = system
+        .cpus()
+        .first()
+        .map(|c| c.brand().trim().to_string())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let host = System::host_name().unwrap_or_else(|| "this-box".into());
+    let cache_key = format!("{host}|{cpu_model}|{total_bytes}");
+    let measure = || {
         let llc_kib = cache.l3_kib.or(cache.l2_kib);
-        Some(measure_read_bandwidth(
+        measure_read_bandwidth(
             available_bytes,
             llc_kib.map(|kib| kib * 1024),
             logical_cores as usize,
-        )?)
-    } else {
-        None
+        )
+    };
+    let measured = match options.bandwidth {
+        BandwidthMode::Skip => None,
+        BandwidthMode::Measure => {
+            let measured = measure()?;
+            bandwidth_cache::store(&cache_key, &measured);
+            Some(measured)
+        }
+        BandwidthMode::Cached => match bandwidth_cache::load(&cache_key) {
+            Some(cached) => Some(cached),
+            None => {
+                let measured = measure()?;
+                bandwidth_cache::store(&cache_key, &measured);
+                Some(measured)
+            }
+        },
     };
     let (gpus, gpu_note) = gpu::probe(total_bytes);
     notes.extend(gpu_note);
 
     Ok(Hardware {
         schema_version: HARDWARE_SCHEMA_VERSION,
-        name: System::host_name().unwrap_or_else(|| "this-box".into()),
+        name: host,
         origin: "probe".into(),
         description: String::new(),
         os: system::os(),
         cpu: Cpu {
-            model: system
-                .cpus()
-                .first()
-                .map(|c| c.brand().trim().to_string())
-                .filter(|b| !b.is_empty())
-                .unwrap_or_else(|| "unknown".into()),
+            model: cpu_model,
             arch: std::env::consts::ARCH.into(),
             logical_cores,
             physical_cores: System::physical_core_count()

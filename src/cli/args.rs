@@ -1,0 +1,126 @@
+//! Command-line arguments. Later issues add `recommend`, `bench`, `synth`, `report`...
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fitbench",
+    version,
+    about = "Which language model fits this box, and how fast will it really run here?",
+    long_about = "Which language model fits this box, and how fast will it really run here?\n\n\
+                  Without a command, fitbench probes this box."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report this box: memory, CPU, SIMD, GPUs, board and temperatures.
+    Probe(ProbeArgs),
+    /// List the hardware profiles fitbench can answer for.
+    Profiles(ProfilesArgs),
+    /// List the model catalog (and with --quants, the quantization table).
+    Models(ModelsArgs),
+    /// Read a GGUF file's header: architecture, parameters, quant mix, and whether it fits.
+    Inspect(InspectArgs),
+    /// Estimate memory and speed of a catalog model at a quantization.
+    Estimate(EstimateArgs),
+    /// Find the GGUF models already on this box (Ollama, Hugging Face, LM Studio, folders).
+    Scan(ScanArgs),
+}
+
+/// The box to answer for and how to size the model on it.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetArgs {
+    /// Answer for a profile (name or TOML path) instead of this box.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: Option<String>,
+    /// Context length in tokens [default: min(4096, the model's maximum)].
+    #[arg(long, value_name = "N")]
+    pub ctx: Option<u64>,
+    /// Prompt batch size to reserve buffers for (llama.cpp's -ub) [default: 512].
+    #[arg(long, value_name = "N")]
+    pub ubatch: Option<u64>,
+    /// KV cache element type: f16 or q8_0.
+    #[arg(long, value_name = "TYPE", default_value = "f16")]
+    pub kv_type: String,
+    /// Plan for the CPU even when there is a GPU.
+    #[arg(long)]
+    pub cpu_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Show the quantization table (GGML types, bits per weight, schemes) instead.
+    #[arg(long)]
+    pub quants: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The .gguf file (or an Ollama blob).
+    pub file: std::path::PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Also list every tensor.
+    #[arg(long)]
+    pub tensors: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EstimateArgs {
+    /// Catalog id, e.g. phi-3-mini (see `fitbench models`).
+    #[arg(long, short)]
+    pub model: String,
+    /// Quantization scheme, any case: Q4_K_M, q8_0, F16...
+    #[arg(long, short)]
+    pub quant: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Folders to search as well as the default model stores.
+    pub dirs: Vec<std::path::PathBuf>,
+    /// Search only the given folders, not Ollama, Hugging Face and LM Studio stores.
+    #[arg(long)]
+    pub no_default_stores: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ProbeArgs {
+    /// Print JSON with the field names documented in docs/probe.md.
+    #[arg(long)]
+    pub json: bool,
+    /// Also measure memory read bandwidth (about 2 s).
+    #[arg(long)]
+    pub bandwidth: bool,
+    /// Save the result as profiles/NAME.toml.
+    #[arg(long, value_name = "NAME")]
+    pub save: Option<String>,
+    /// Overwrite an existing profile with --save.
+    #[arg(long, requires = "save")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfilesArgs {
+    /// Show one profile in full (a name or a path to a TOML file) instead of the list.
+    pub name: Option<String>,
+    /// Print JSON: the profile, or an array of profiles each with a `source` field.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,219 @@
+//! One function per subcommand: gather values from the modules, then print a table or JSON.
+
+use super::args::{
+    Cli, Command, EstimateArgs, InspectArgs, ModelsArgs, ProbeArgs, ProfilesArgs, ScanArgs,
+    TargetArgs,
+};
+use crate::catalog::{self, Quant};
+use crate::estimate::{self, EstimateOptions, Footprint, KvType};
+use crate::gguf::GgufFile;
+use crate::output;
+use crate::probe::{self, BandwidthMode, Hardware, ProbeOptions};
+use crate::profiles;
+use crate::scan;
+use anyhow::bail;
+use serde::Serialize;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => probe_command(ProbeArgs::default()),
+        Some(Command::Probe(args)) => probe_command(args),
+        Some(Command::Profiles(args)) => profiles_command(args),
+        Some(Command::Models(args)) => models_command(args),
+        Some(Command::Inspect(args)) => inspect_command(args),
+        Some(Command::Estimate(args)) => estimate_command(args),
+        Some(Command::Scan(args)) => scan_command(args),
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn probe_command(args: ProbeArgs) -> anyhow::Result<()> {
+    if let Some(name) = &args.save {
+        profiles::validate_name(name)?;
+    }
+    let bandwidth = if args.bandwidth {
+        BandwidthMode::Measure
+    } else {
+        BandwidthMode::Skip
+    };
+    let mut hardware = probe::probe(ProbeOptions { bandwidth })?;
+    if let Some(name) = args.save {
+        hardware.origin = format!("probe of host {}", hardware.name);
+        hardware.name = name;
+        let path = profiles::save(&hardware, &profiles::profile_dir(), args.force)?;
+        eprintln!("saved {}", path.display());
+    }
+    print_hardware(&hardware, args.json)
+}
+
+fn print_hardware(hardware: &Hardware, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(hardware)
+    } else {
+        println!("{}", output::hardware_table(hardware));
+        Ok(())
+    }
+}
+
+fn profiles_command(args: ProfilesArgs) -> anyhow::Result<()> {
+    if let Some(name) = &args.name {
+        return print_hardware(&profiles::resolve(name)?, args.json);
+    }
+    let all = profiles::list()?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .map(|p| {
+                let mut value = serde_json::to_value(&p.hardware)?;
+                value["source"] = p.source.to_string().into();
+                Ok(value)
+            })
+            .collect::<serde_json::Result<_>>()?;
+        print_json(&rows)
+    } else {
+        println!("{}", output::profiles_table(&all));
+        Ok(())
+    }
+}
+
+fn models_command(args: ModelsArgs) -> anyhow::Result<()> {
+    match (args.quants, args.json) {
+        (true, true) => print_json(&output::quant_rows()),
+        (true, false) => {
+            println!("{}", output::quants_table());
+            Ok(())
+        }
+        (false, true) => print_json(&catalog::models()),
+        (false, false) => {
+            println!("{}", output::models_table(catalog::models()));
+            Ok(())
+        }
+    }
+}
+
+/// The box to answer for: a profile, or this one with its (cached) memory bandwidth.
+fn target_hardware(target: &TargetArgs) -> anyhow::Result<Hardware> {
+    match &target.profile {
+        Some(name) => Ok(profiles::resolve(name)?),
+        None => probe::probe(ProbeOptions {
+            bandwidth: BandwidthMode::Cached,
+        }),
+    }
+}
+
+fn estimate_options(target: &TargetArgs) -> anyhow::Result<EstimateOptions> {
+    let Some(kv_type) = KvType::parse(&target.kv_type) else {
+        bail!(
+            "--kv-type {}: unknown KV cache type; use f16 or q8_0",
+            target.kv_type
+        );
+    };
+    if target.ctx == Some(0) || target.ubatch == Some(0) {
+        bail!("--ctx and --ubatch must be at least 1 token");
+    }
+    Ok(EstimateOptions {
+        context: target.ctx,
+        ubatch: target.ubatch,
+        kv_type,
+        cpu_only: target.cpu_only,
+        ..EstimateOptions::default()
+    })
+}
+
+#[derive(Serialize)]
+struct InspectReport<'a> {
+    file: output::FileSummary,
+    hardware: &'a str,
+    estimate: estimate::Estimate,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tensors: Option<&'a [crate::gguf::TensorInfo]>,
+}
+
+fn inspect_command(args: InspectArgs) -> anyhow::Result<()> {
+    let options = estimate_options(&args.target)?;
+    let file = GgufFile::open(&args.file)?;
+    let footprint = Footprint::from_gguf(&file).map_err(|problem| {
+        anyhow::anyhow!(
+            "{}: {problem}\nhint: fitbench sizes a model from its GGUF metadata; convert it again with a current llama.cpp",
+            args.file.display()
+        )
+    })?;
+    let hardware = target_hardware(&args.target)?;
+    let estimate = estimate::estimate(&footprint, &hardware, &options);
+    if args.json {
+        return print_json(&InspectReport {
+            file: output::FileSummary::new(&file, &footprint),
+            hardware: &hardware.name,
+            estimate,
+            tensors: args.tensors.then_some(file.tensors.as_slice()),
+        });
+    }
+    println!("{}", output::inspect_table(&file, &footprint));
+    if args.tensors {
+        println!("{}", output::tensors_table(&file));
+    }
+    println!("{}", output::estimate_table(&estimate, &hardware));
+    Ok(())
+}
+
+fn estimate_command(args: EstimateArgs) -> anyhow::Result<()> {
+    let options = estimate_options(&args.target)?;
+    let spec = catalog::find(&args.model)?;
+    let Some(quant) = Quant::parse(&args.quant) else {
+        bail!(
+            "--quant {}: unknown quantization; use one of {}",
+            args.quant,
+            Quant::names().join(", ")
+        );
+    };
+    let footprint = Footprint::from_catalog(spec, quant);
+    let hardware = target_hardware(&args.target)?;
+    let estimate = estimate::estimate(&footprint, &hardware, &options);
+    if args.json {
+        return print_json(&estimate);
+    }
+    println!("{}", output::estimate_table(&estimate, &hardware));
+    Ok(())
+}
+
+fn scan_command(args: ScanArgs) -> anyhow::Result<()> {
+    let options = estimate_options(&args.target)?;
+    for dir in &args.dirs {
+        if !dir.exists() {
+            bail!("{}: no such file or folder", dir.display());
+        }
+    }
+    let stores = if args.no_default_stores {
+        Vec::new()
+    } else {
+        scan::default_stores()
+    };
+    let hardware = target_hardware(&args.target)?;
+    let rows = scan::scan(&args.dirs, &stores, &hardware, &options);
+    if args.json {
+        return print_json(&rows);
+    }
+    if rows.is_empty() {
+        let searched: Vec<String> = args
+            .dirs
+            .iter()
+            .chain(stores.iter().map(|(d, _)| d))
+            .map(|d| d.display().to_string())
+            .collect();
+        println!(
+            "no GGUF models found in {}\nhint: pass the folders that hold your .gguf files: fitbench scan DIR",
+            if searched.is_empty() {
+                "the default stores (none exist on this box)".to_string()
+            } else {
+                searched.join(", ")
+            }
+        );
+        return Ok(());
+    }
+    println!("{}", output::scan_table(&rows, &hardware));
+    Ok(())
+}

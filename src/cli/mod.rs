@@ -1,0 +1,8 @@
+//! The command-line layer: arguments, and the commands that print. Every other module
+//! returns values; only this one writes to the terminal.
+
+mod args;
+mod commands;
+
+pub use args::Cli;
+pub use commands::run;
