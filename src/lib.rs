@@ -10,4 +10,5 @@ pub mod gguf;
 pub mod output;
 pub mod probe;
 pub mod profiles;
+pub mod recommend;
 pub mod scan;

@@ -170,10 +170,85 @@ fn probe_without_gpu_says_so_and_succeeds() {
 }
 
 #[test]
-fn no_arguments_probes_this_box() {
+fn no_arguments_recommends_for_this_box() {
     let output = fitbench(&[]);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert!(stdout(&output).contains("cores"));
+    let text = stdout(&output);
+    assert!(text.contains("fitbench recommends for"), "{text}");
+    assert!(
+        text.contains("RAM?") && text.contains("Upgrade path"),
+        "{text}"
+    );
+}
+
+/// The field names docs/recommend.md documents.
+fn documented_fields(doc: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(doc))
+        .expect("the doc exists");
+    doc.lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split('`').nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn recommend_json_fields_are_documented() {
+    let r = json(&fitbench(&[
+        "recommend",
+        "--profile",
+        "ryzen5-3600-gtx1050ti",
+        "--json",
+    ]));
+    let documented = documented_fields("recommend.md");
+    let mut present = Vec::new();
+    leaf_paths(&r, "", &mut present);
+    for path in &present {
+        // Estimates are documented once, under their own prefix.
+        let path = path.replace("picks[].estimate.", "estimate.");
+        assert!(
+            documented.contains(&path),
+            "`{path}` is printed but not in docs/recommend.md"
+        );
+    }
+    assert!(r["picks"].as_array().unwrap().len() == 5);
+    assert_eq!(r["task"], "chat");
+}
+
+#[test]
+fn recommend_markdown_is_a_table_with_the_tree_path() {
+    let output = fitbench(&["recommend", "--profile", "pi3b", "--markdown"]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    assert!(text.contains("| # | model | quant |"), "{text}");
+    assert!(text.contains("| --- |"), "{text}");
+    assert!(text.contains("- **RAM?** 1.0 GiB total"), "{text}");
+    assert!(
+        text.contains("**Why not**") && text.contains("phi-3-mini"),
+        "{text}"
+    );
+}
+
+#[test]
+fn recommend_explains_an_impossible_constraint_and_exits_0() {
+    let output = fitbench(&["recommend", "--profile", "pi3b", "--min-tps", "500"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("nothing in the catalog fits this box; the closest:"),
+        "{text}"
+    );
+    assert!(text.contains("below the 500 tok/s floor"), "{text}");
+}
+
+#[test]
+fn recommend_refuses_an_unknown_profile_with_the_list() {
+    let output = fitbench(&["recommend", "--profile", "pi9"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("available: apple-m1-8gb"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

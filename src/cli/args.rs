@@ -1,5 +1,6 @@
 //! Command-line arguments. Later issues add `recommend`, `bench`, `synth`, `report`...
 
+use crate::recommend::{LicenseFilter, Task, DEFAULT_MIN_TPS};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -8,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Which language model fits this box, and how fast will it really run here?",
     long_about = "Which language model fits this box, and how fast will it really run here?\n\n\
-                  Without a command, fitbench probes this box."
+                  Without a command, fitbench probes this box and recommends models for it."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -17,6 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Recommend models and quantizations for this box or a profile (the default command).
+    Recommend(RecommendArgs),
     /// Report this box: memory, CPU, SIMD, GPUs, board and temperatures.
     Probe(ProbeArgs),
     /// List the hardware profiles fitbench can answer for.
@@ -49,6 +52,37 @@ pub struct TargetArgs {
     /// Plan for the CPU even when there is a GPU.
     #[arg(long)]
     pub cpu_only: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RecommendArgs {
+    /// Answer for a profile (name or TOML path) instead of this box.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub profile: Option<String>,
+    /// What the model is for; ranks by the matching published scores.
+    #[arg(long, value_enum, default_value_t)]
+    pub task: Task,
+    /// Context length in tokens [default: the decision tree's plan for this box's RAM].
+    #[arg(long, value_name = "N")]
+    pub ctx: Option<u64>,
+    /// Speed floor: leave out what generates slower than this, in tokens per second.
+    #[arg(long, value_name = "TOK/S", default_value_t = DEFAULT_MIN_TPS)]
+    pub min_tps: f64,
+    /// Only models under a permissive license.
+    #[arg(long, value_enum, default_value_t)]
+    pub license: LicenseFilter,
+    /// Plan for the CPU even when there is a GPU.
+    #[arg(long)]
+    pub cpu_only: bool,
+    /// How many picks to show.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub top: usize,
+    /// Print JSON (fields in docs/recommend.md).
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    /// Print Markdown, for an issue or a README.
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 #[derive(Debug, Args)]

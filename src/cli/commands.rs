@@ -1,8 +1,8 @@
 //! One function per subcommand: gather values from the modules, then print a table or JSON.
 
 use super::args::{
-    Cli, Command, EstimateArgs, InspectArgs, ModelsArgs, ProbeArgs, ProfilesArgs, ScanArgs,
-    TargetArgs,
+    Cli, Command, EstimateArgs, InspectArgs, ModelsArgs, ProbeArgs, ProfilesArgs, RecommendArgs,
+    ScanArgs, TargetArgs,
 };
 use crate::catalog::{self, Quant};
 use crate::estimate::{self, EstimateOptions, Footprint, KvType};
@@ -10,13 +10,15 @@ use crate::gguf::GgufFile;
 use crate::output;
 use crate::probe::{self, BandwidthMode, Hardware, ProbeOptions};
 use crate::profiles;
+use crate::recommend::{self, RecommendOptions};
 use crate::scan;
 use anyhow::bail;
 use serde::Serialize;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        None => probe_command(ProbeArgs::default()),
+        None => recommend_command(RecommendArgs::default()),
+        Some(Command::Recommend(args)) => recommend_command(args),
         Some(Command::Probe(args)) => probe_command(args),
         Some(Command::Profiles(args)) => profiles_command(args),
         Some(Command::Models(args)) => models_command(args),
@@ -28,6 +30,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn recommend_command(args: RecommendArgs) -> anyhow::Result<()> {
+    if args.ctx == Some(0) {
+        bail!("--ctx 0: the context must be at least 1 token");
+    }
+    if args.min_tps.is_nan() || args.min_tps < 0.0 {
+        bail!(
+            "--min-tps {}: give a speed of 0 or more tokens per second",
+            args.min_tps
+        );
+    }
+    let hardware = target_hardware(&TargetArgs {
+        profile: args.profile.clone(),
+        ..TargetArgs::default()
+    })?;
+    let recommendation = recommend::recommend(
+        &hardware,
+        &RecommendOptions {
+            task: args.task,
+            context: args.ctx,
+            min_tps: args.min_tps,
+            license: args.license,
+            cpu_only: args.cpu_only,
+            top: args.top,
+            ..RecommendOptions::default()
+        },
+    );
+    if args.json {
+        return print_json(&recommendation);
+    }
+    let text = if args.markdown {
+        output::recommendation_markdown(&recommendation)
+    } else {
+        output::recommendation_text(&recommendation)
+    };
+    println!("{text}");
     Ok(())
 }
 

@@ -2,12 +2,14 @@
 
 mod hardware;
 mod model;
+mod recommend;
 
 pub use hardware::{hardware_table, profiles_table};
 pub use model::{
     estimate_table, inspect_table, models_table, quant_rows, quants_table, scan_table,
     tensors_table, FileSummary,
 };
+pub use recommend::{recommendation_markdown, recommendation_text};
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 
