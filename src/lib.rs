@@ -3,6 +3,8 @@
 //! The flow (see DESIGN.md): probe → profiles → catalog → estimate → recommend → bench →
 //! results → report. Each module owns its data type; only the binary prints.
 
+pub mod bench;
+pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod estimate;
@@ -11,4 +13,5 @@ pub mod output;
 pub mod probe;
 pub mod profiles;
 pub mod recommend;
+pub mod results;
 pub mod scan;

@@ -32,6 +32,85 @@ pub enum Command {
     Estimate(EstimateArgs),
     /// Find the GGUF models already on this box (Ollama, Hugging Face, LM Studio, folders).
     Scan(ScanArgs),
+    /// Measure token throughput with candle on a GGUF file or a catalog model's synthetic twin.
+    Bench(BenchArgs),
+    /// Write a GGUF with random weights of exactly a catalog model's shapes.
+    Synth(SynthArgs),
+    /// Internal: one bench worker process (reads its spec as JSON on stdin).
+    #[command(hide = true)]
+    BenchWorker,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A GGUF file to measure.
+    #[arg(long, conflicts_with_all = ["model", "quant"], required_unless_present = "model")]
+    pub gguf: Option<std::path::PathBuf>,
+    /// A catalog model: its synthetic twin is written to the cache on first use.
+    #[arg(long, short, requires = "quant")]
+    pub model: Option<String>,
+    /// Quantization for --model.
+    #[arg(long, short)]
+    pub quant: Option<String>,
+    /// Prompt lengths for pp tests (0 to skip), e.g. 128,512.
+    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_name = "N,...")]
+    pub n_prompt: String,
+    /// Generation lengths for tg tests (0 to skip).
+    #[arg(short = 'n', long = "n-gen", default_value = "128", value_name = "N,...")]
+    pub n_gen: String,
+    /// Prompt-then-generation tests, e.g. 512,128 (repeatable).
+    #[arg(long = "pg", value_name = "P,G")]
+    pub pg: Vec<String>,
+    /// Context depths filled before each test, e.g. 0,1024.
+    #[arg(short = 'd', long = "n-depth", default_value = "0", value_name = "N,...")]
+    pub n_depth: String,
+    /// Thread counts to sweep [default: physical cores].
+    #[arg(short = 't', long = "threads", value_name = "N,...")]
+    pub threads: Option<String>,
+    /// Repetitions per test (the minimum with --target-ci).
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub repetitions: usize,
+    /// Repeat until the 95% confidence half-width is under this share of the mean, e.g. 5%.
+    #[arg(long, value_name = "PERCENT")]
+    pub target_ci: Option<String>,
+    /// Upper bound on repetitions with --target-ci.
+    #[arg(long, default_value_t = 30)]
+    pub max_repetitions: usize,
+    /// Untimed runs before each test.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Device: cpu (cuda:N needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed for the random token ids.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also greedy-decode a short answer with the file's tokenizer (real weights only).
+    #[arg(long)]
+    pub sample: bool,
+    /// Results file rows are appended to.
+    #[arg(short = 'o', long, default_value = "results/bench.csv")]
+    pub output: std::path::PathBuf,
+    /// Run even when the estimate says the model would need swap.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Catalog id, e.g. tinyllama-1.1b.
+    #[arg(long, short)]
+    pub model: String,
+    /// Quantization scheme, e.g. Q4_0.
+    #[arg(long, short)]
+    pub quant: String,
+    /// Output file [default: the synthetic-model cache].
+    #[arg(short = 'o', long)]
+    pub output: Option<std::path::PathBuf>,
 }
 
 /// The box to answer for and how to size the model on it.

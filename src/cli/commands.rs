@@ -25,6 +25,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Inspect(args)) => inspect_command(args),
         Some(Command::Estimate(args)) => estimate_command(args),
         Some(Command::Scan(args)) => scan_command(args),
+        Some(Command::Bench(args)) => super::bench::bench_command(args),
+        Some(Command::Synth(args)) => super::bench::synth_command(args),
+        Some(Command::BenchWorker) => super::bench::bench_worker_command(),
     }
 }
 

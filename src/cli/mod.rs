@@ -2,6 +2,7 @@
 //! returns values; only this one writes to the terminal.
 
 mod args;
+mod bench;
 mod commands;
 
 pub use args::Cli;

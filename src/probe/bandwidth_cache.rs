@@ -11,19 +11,8 @@ struct Entry {
     measured: MeasuredBandwidth,
 }
 
-/// `$FITBENCH_CACHE_DIR`, else `$XDG_CACHE_HOME/fitbench`, else `~/.cache/fitbench`.
-pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("FITBENCH_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("fitbench"))
-}
-
 fn path() -> Option<PathBuf> {
-    cache_dir().map(|d| d.join("bandwidth.json"))
+    crate::cache::cache_dir().map(|d| d.join("bandwidth.json"))
 }
 
 pub fn load(key: &str) -> Option<MeasuredBandwidth> {

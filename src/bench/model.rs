@@ -1,0 +1,85 @@
+//! The model runner: candle-transformers' quantized models behind one enum, as thin as
+//! candle's own examples. Everything a benchmark needs is `forward` and `clear`.
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::{
+    quantized_gemma3, quantized_llama, quantized_phi, quantized_phi3, quantized_qwen2,
+    quantized_qwen3,
+};
+use std::path::Path;
+
+/// GGUF architectures fitbench can run, and what runs them.
+pub const SUPPORTED: &[(&str, &str)] = &[
+    ("llama", "TinyLlama, SmolLM2, Llama 2/3.x, Mistral, Mixtral (MoE), MobileLLM shapes"),
+    ("qwen2", "Qwen2, Qwen2.5, Qwen2.5-Coder, QwQ"),
+    ("qwen3", "Qwen3"),
+    ("phi3", "Phi-3 mini, Phi-4-mini, Phi-4"),
+    ("phi2", "Phi-2"),
+    ("gemma3", "Gemma 3"),
+];
+
+pub enum Model {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+    Qwen3(quantized_qwen3::ModelWeights),
+    Phi3(quantized_phi3::ModelWeights),
+    Phi2(quantized_phi::ModelWeights),
+    Gemma3(quantized_gemma3::ModelWeights),
+}
+
+pub fn unsupported_message(arch: &str) -> String {
+    let names: Vec<&str> = SUPPORTED.iter().map(|(a, _)| *a).collect();
+    format!(
+        "architecture `{arch}` cannot be benchmarked yet; fitbench runs {}",
+        names.join(", ")
+    )
+}
+
+impl Model {
+    /// Loads every tensor of `path` onto `device`.
+    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Model> {
+        let mut file = std::fs::File::open(path)?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let model = match arch.as_str() {
+            "llama" => Model::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, device)?),
+            "qwen2" => Model::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?),
+            "qwen3" => Model::Qwen3(quantized_qwen3::ModelWeights::from_gguf(content, &mut file, device)?),
+            "phi3" => Model::Phi3(quantized_phi3::ModelWeights::from_gguf(false, content, &mut file, device)?),
+            "phi2" => Model::Phi2(quantized_phi::ModelWeights::from_gguf(content, &mut file, device)?),
+            "gemma3" => Model::Gemma3(quantized_gemma3::ModelWeights::from_gguf(content, &mut file, device)?),
+            other => anyhow::bail!("{}: {}", path.display(), unsupported_message(other)),
+        };
+        Ok(model)
+    }
+
+    /// Runs `tokens` at positions `pos..`, returning the last position's logits.
+    pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Model::Llama(m) => m.forward(tokens, pos),
+            Model::Qwen2(m) => m.forward(tokens, pos),
+            Model::Qwen3(m) => m.forward(tokens, pos),
+            Model::Phi3(m) => m.forward(tokens, pos),
+            Model::Phi2(m) => m.forward(tokens, pos),
+            Model::Gemma3(m) => m.forward(tokens, pos),
+        }
+    }
+
+    /// Empties the KV cache, so the next test starts from position 0.
+    pub fn clear(&mut self) {
+        match self {
+            Model::Llama(m) => m.clear_kv_cache(),
+            Model::Qwen2(m) => m.clear_kv_cache(),
+            Model::Qwen3(m) => m.clear_kv_cache(),
+            // These reset their cache when a forward starts at position 0.
+            Model::Phi3(_) | Model::Phi2(_) | Model::Gemma3(_) => {}
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Results: one CSV row per test configuration. Column meanings are in
+//! docs/results-schema.md; where llama-bench has a column of the same meaning, it has its name.
+
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One measured test configuration, with everything needed to reproduce and compare it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchRecord {
+    pub schema_version: u32,
+    /// UTC, RFC 3339.
+    pub timestamp: String,
+    pub host: String,
+    pub cpu_model: String,
+    pub cpu_arch: String,
+    pub cpu_simd: String,
+    pub gpu: String,
+    pub ram_total_bytes: u64,
+    pub fitbench_version: String,
+    pub fitbench_commit: String,
+    pub candle_version: String,
+    pub backend: String,
+    pub model_filename: String,
+    pub model_sha256: String,
+    pub model_type: String,
+    pub model_size: u64,
+    pub model_n_params: u64,
+    pub quant: String,
+    pub synthetic: bool,
+    pub test: String,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub n_depth: usize,
+    pub n_threads: usize,
+    pub repetitions: usize,
+    pub warmup: usize,
+    pub seed: u64,
+    pub avg_ts: f64,
+    pub stddev_ts: f64,
+    pub median_ts: f64,
+    pub ci95_halfwidth_ts: f64,
+    /// Every repetition's tok/s, separated by ';'.
+    pub samples_ts: String,
+    pub outliers: usize,
+    pub ttft_ms: Option<f64>,
+    pub itl_p50_ms: Option<f64>,
+    pub itl_p95_ms: Option<f64>,
+    pub load_ms: f64,
+    pub load_cache: String,
+    pub peak_rss_bytes: u64,
+    pub temp_start_c: Option<f32>,
+    pub temp_max_c: Option<f32>,
+    pub freq_start_mhz: Option<u64>,
+    pub freq_min_mhz: Option<u64>,
+    pub throttled: bool,
+    pub energy_j: Option<f64>,
+    pub predicted_ts: f64,
+    pub predicted_memory_bytes: u64,
+    /// avg_ts / predicted_ts: above 1, the box beat the estimate.
+    pub measured_over_predicted: f64,
+}
+
+/// The header this version writes.
+pub fn header() -> String {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    // Serializing a header needs a value; the field names do not depend on it.
+    let _ = writer.serialize(example());
+    let bytes = writer.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn example() -> BenchRecord {
+    BenchRecord {
+        schema_version: SCHEMA_VERSION,
+        timestamp: String::new(),
+        host: String::new(),
+        cpu_model: String::new(),
+        cpu_arch: String::new(),
+        cpu_simd: String::new(),
+        gpu: String::new(),
+        ram_total_bytes: 0,
+        fitbench_version: String::new(),
+        fitbench_commit: String::new(),
+        candle_version: String::new(),
+        backend: String::new(),
+        model_filename: String::new(),
+        model_sha256: String::new(),
+        model_type: String::new(),
+        model_size: 0,
+        model_n_params: 0,
+        quant: String::new(),
+        synthetic: false,
+        test: String::new(),
+        n_prompt: 0,
+        n_gen: 0,
+        n_depth: 0,
+        n_threads: 0,
+        repetitions: 0,
+        warmup: 0,
+        seed: 0,
+        avg_ts: 0.0,
+        stddev_ts: 0.0,
+        median_ts: 0.0,
+        ci95_halfwidth_ts: 0.0,
+        samples_ts: String::new(),
+        outliers: 0,
+        ttft_ms: None,
+        itl_p50_ms: None,
+        itl_p95_ms: None,
+        load_ms: 0.0,
+        load_cache: String::new(),
+        peak_rss_bytes: 0,
+        temp_start_c: None,
+        temp_max_c: None,
+        freq_start_mhz: None,
+        freq_min_mhz: None,
+        throttled: false,
+        energy_j: None,
+        predicted_ts: 0.0,
+        predicted_memory_bytes: 0,
+        measured_over_predicted: 0.0,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: its header is not fitbench's results schema {SCHEMA_VERSION}; nothing was written\nhint: write to a new file with -o results/NEW.csv")]
+    OtherSchema { path: String },
+    #[error("{path}: line {line}: {message}\nhint: the file was edited or is not a fitbench results file")]
+    Parse {
+        path: String,
+        line: u64,
+        message: String,
+    },
+}
+
+/// An open results file that rows are appended to, one whole line per write.
+pub struct ResultsFile {
+    file: std::fs::File,
+    path: String,
+}
+
+impl ResultsFile {
+    /// Opens (or creates) `path` for appending. A torn last line left by a crash is cut
+    /// off; every complete earlier row is kept. A file of another schema is refused.
+    pub fn open(path: &Path) -> Result<ResultsFile, ResultsError> {
+        let name = path.display().to_string();
+        let io = |source| ResultsError::Io {
+            path: name.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
+        if text.is_empty() {
+            file.write_all(format!("{}\n", header()).as_bytes()).map_err(io)?;
+        } else {
+            if text.lines().next() != Some(header().as_str()) {
+                return Err(ResultsError::OtherSchema { path: name });
+            }
+            if !text.ends_with('\n') {
+                let keep = text.rfind('\n').map_or(0, |i| i + 1);
+                file.set_len(keep as u64).map_err(io)?;
+            }
+        }
+        file.seek(SeekFrom::End(0)).map_err(io)?;
+        Ok(ResultsFile { file, path: name })
+    }
+
+    /// Appends one row with a single write and syncs it to disk.
+    pub fn append(&mut self, record: &BenchRecord) -> Result<(), ResultsError> {
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        writer.serialize(record).map_err(|e| ResultsError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let line = writer.into_inner().unwrap_or_default();
+        let io = |source| ResultsError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(&line).map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+}
+
+/// Reads every row of a results file.
+pub fn read(path: &Path) -> Result<Vec<BenchRecord>, ResultsError> {
+    let name = path.display().to_string();
+    let mut reader = csv::Reader::from_path(path).map_err(|e| ResultsError::Io {
+        path: name.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    reader
+        .deserialize()
+        .map(|row| {
+            row.map_err(|e| ResultsError::Parse {
+                path: name.clone(),
+                line: e.position().map_or(0, |p| p.line()),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Seconds since the epoch as RFC 3339 UTC, without a date crate (Howard Hinnant's
+/// days-to-civil algorithm).
+pub fn rfc3339(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64;
+    let secs = unix_seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(test: &str) -> BenchRecord {
+        BenchRecord {
+            test: test.into(),
+            avg_ts: 12.5,
+            samples_ts: "12;13".into(),
+            ttft_ms: Some(3.5),
+            ..example()
+        }
+    }
+
+    #[test]
+    fn rows_append_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results/run.csv");
+        ResultsFile::open(&path).unwrap().append(&record("pp512")).unwrap();
+        ResultsFile::open(&path).unwrap().append(&record("tg128")).unwrap();
+        let rows = read(&path).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], record("pp512"));
+        assert_eq!(rows[1].test, "tg128");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_earlier_rows_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.csv");
+        ResultsFile::open(&path).unwrap().append(&record("pp512")).unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"1,2026-11-23T00:00:00Z,half a ro").unwrap();
+        drop(file);
+        ResultsFile::open(&path).unwrap().append(&record("tg128")).unwrap();
+        let tests: Vec<String> = read(&path).unwrap().into_iter().map(|r| r.test).collect();
+        assert_eq!(tests, ["pp512", "tg128"]);
+    }
+
+    #[test]
+    fn a_file_of_another_schema_is_refused_and_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.csv");
+        std::fs::write(&path, "model,size,t/s\nx,1,2\n").unwrap();
+        let err = ResultsFile::open(&path).err().unwrap();
+        assert!(err.to_string().contains("-o results/NEW.csv"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "model,size,t/s\nx,1,2\n");
+    }
+
+    #[test]
+    fn the_header_uses_llama_bench_names() {
+        let h = header();
+        for column in ["n_prompt", "n_gen", "n_depth", "n_threads", "avg_ts", "stddev_ts", "model_size", "model_n_params", "schema_version"] {
+            assert!(h.split(',').any(|c| c == column), "{column}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_444_800), "2026-11-23T12:00:00Z");
+    }
+}
