@@ -14,7 +14,11 @@ fn main() {
         .split("[[package]]")
         .find(|p| p.contains("name = \"candle-core\""))
         .and_then(|p| p.lines().find(|l| l.starts_with("version = ")))
-        .map(|l| l.trim_start_matches("version = ").trim_matches('"').to_string())
+        .map(|l| {
+            l.trim_start_matches("version = ")
+                .trim_matches('"')
+                .to_string()
+        })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=FITBENCH_CANDLE_VERSION={candle}");
     println!("cargo:rerun-if-changed=.git/HEAD");

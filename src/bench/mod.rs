@@ -8,9 +8,9 @@
 pub mod model;
 mod monitor;
 mod runner;
-pub mod stats;
 pub mod sample;
 pub mod session;
+pub mod stats;
 pub mod synth;
 
 pub use runner::run_worker;
@@ -111,7 +111,9 @@ pub fn parse_list(text: &str, what: &str) -> anyhow::Result<Vec<usize>> {
     text.split(',')
         .map(|part| {
             part.trim().parse::<usize>().map_err(|_| {
-                anyhow::anyhow!("{what} `{text}`: expected comma-separated whole numbers, e.g. 1,2,4")
+                anyhow::anyhow!(
+                    "{what} `{text}`: expected comma-separated whole numbers, e.g. 1,2,4"
+                )
             })
         })
         .collect()
@@ -164,7 +166,14 @@ mod tests {
         let names: Vec<String> = tests.iter().map(TestSpec::name).collect();
         assert_eq!(
             names,
-            ["pp512", "tg128", "pp512+tg128", "pp512 @ d256", "tg128 @ d256", "pp512+tg128 @ d256"]
+            [
+                "pp512",
+                "tg128",
+                "pp512+tg128",
+                "pp512 @ d256",
+                "tg128 @ d256",
+                "pp512+tg128 @ d256"
+            ]
         );
         assert_eq!(tests[2].tokens(), 640);
         assert_eq!(tests[5].context(), 896);
@@ -174,6 +183,9 @@ mod tests {
     fn lists_parse_or_say_what_is_expected() {
         assert_eq!(parse_list("1, 2,4", "-t").unwrap(), [1, 2, 4]);
         let err = parse_list("1,two", "-t").unwrap_err().to_string();
-        assert!(err.contains("-t `1,two`") && err.contains("comma-separated"), "{err}");
+        assert!(
+            err.contains("-t `1,two`") && err.contains("comma-separated"),
+            "{err}"
+        );
     }
 }

@@ -11,7 +11,10 @@ use std::path::Path;
 
 /// GGUF architectures fitbench can run, and what runs them.
 pub const SUPPORTED: &[(&str, &str)] = &[
-    ("llama", "TinyLlama, SmolLM2, Llama 2/3.x, Mistral, Mixtral (MoE), MobileLLM shapes"),
+    (
+        "llama",
+        "TinyLlama, SmolLM2, Llama 2/3.x, Mistral, Mixtral (MoE), MobileLLM shapes",
+    ),
     ("qwen2", "Qwen2, Qwen2.5, Qwen2.5-Coder, QwQ"),
     ("qwen3", "Qwen3"),
     ("phi3", "Phi-3 mini, Phi-4-mini, Phi-4"),
@@ -49,12 +52,24 @@ impl Model {
             .cloned()
             .unwrap_or_default();
         let model = match arch.as_str() {
-            "llama" => Model::Llama(quantized_llama::ModelWeights::from_gguf(content, &mut file, device)?),
-            "qwen2" => Model::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?),
-            "qwen3" => Model::Qwen3(quantized_qwen3::ModelWeights::from_gguf(content, &mut file, device)?),
-            "phi3" => Model::Phi3(quantized_phi3::ModelWeights::from_gguf(false, content, &mut file, device)?),
-            "phi2" => Model::Phi2(quantized_phi::ModelWeights::from_gguf(content, &mut file, device)?),
-            "gemma3" => Model::Gemma3(quantized_gemma3::ModelWeights::from_gguf(content, &mut file, device)?),
+            "llama" => Model::Llama(quantized_llama::ModelWeights::from_gguf(
+                content, &mut file, device,
+            )?),
+            "qwen2" => Model::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+                content, &mut file, device,
+            )?),
+            "qwen3" => Model::Qwen3(quantized_qwen3::ModelWeights::from_gguf(
+                content, &mut file, device,
+            )?),
+            "phi3" => Model::Phi3(quantized_phi3::ModelWeights::from_gguf(
+                false, content, &mut file, device,
+            )?),
+            "phi2" => Model::Phi2(quantized_phi::ModelWeights::from_gguf(
+                content, &mut file, device,
+            )?),
+            "gemma3" => Model::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
+                content, &mut file, device,
+            )?),
             other => anyhow::bail!("{}: {}", path.display(), unsupported_message(other)),
         };
         Ok(model)

@@ -23,7 +23,8 @@ pub fn cpu_temperature() -> Option<f32> {
 
 /// Current frequency of cpu0, MHz (cpufreq; absent in most VMs).
 pub fn cpu_frequency_mhz() -> Option<u64> {
-    let khz = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq").ok()?;
+    let khz =
+        std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq").ok()?;
     khz.trim().parse::<u64>().ok().map(|k| k / 1000)
 }
 

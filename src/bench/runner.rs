@@ -23,7 +23,9 @@ impl SplitMix64 {
     }
 
     fn tokens(&mut self, n: usize, vocab: u32) -> Vec<u32> {
-        (0..n).map(|_| (self.next() % u64::from(vocab.max(1))) as u32).collect()
+        (0..n)
+            .map(|_| (self.next() % u64::from(vocab.max(1))) as u32)
+            .collect()
     }
 }
 
@@ -73,7 +75,12 @@ fn run_test(
 ) -> anyhow::Result<TestRun> {
     let name = test.name();
     for i in 0..spec.warmup {
-        progress(&format!("{name} t{} warm-up {}/{}", spec.threads, i + 1, spec.warmup));
+        progress(&format!(
+            "{name} t{} warm-up {}/{}",
+            spec.threads,
+            i + 1,
+            spec.warmup
+        ));
         one_rep(model, device, test, spec.vocab_size, rng)?;
     }
     let mut watch = Watch::start();

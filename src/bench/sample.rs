@@ -36,7 +36,12 @@ struct SentencePiece {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(|v| v.to_vec().ok())
-        .map(|items| items.iter().filter_map(|i| i.to_string().ok().cloned()).collect())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.to_string().ok().cloned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -69,7 +74,11 @@ impl Tokenizer {
             .into_iter()
             .map(|t| t as i64)
             .collect();
-        let flag = |key: &str, default: bool| md.get(key).and_then(|v| v.to_bool().ok()).unwrap_or(default);
+        let flag = |key: &str, default: bool| {
+            md.get(key)
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(default)
+        };
         let vocabulary = match kind.as_str() {
             "gpt2" => Vocabulary::Bpe(Box::new(
                 tokenizers::Tokenizer::from_gguf(content).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -83,7 +92,9 @@ impl Tokenizer {
         };
         Ok(Tokenizer {
             vocabulary,
-            bos: md.get("tokenizer.ggml.bos_token_id").and_then(|v| v.to_u32().ok()),
+            bos: md
+                .get("tokenizer.ggml.bos_token_id")
+                .and_then(|v| v.to_u32().ok()),
             add_bos: flag("tokenizer.ggml.add_bos_token", false),
             tokens,
             types,
@@ -91,11 +102,17 @@ impl Tokenizer {
     }
 
     fn is_special(&self, id: usize) -> bool {
-        matches!(self.types.get(id), Some(&TYPE_CONTROL) | Some(&TYPE_USER_DEFINED))
+        matches!(
+            self.types.get(id),
+            Some(&TYPE_CONTROL) | Some(&TYPE_USER_DEFINED)
+        )
     }
 
     fn id_of(&self, token: &str) -> Option<u32> {
-        self.tokens.iter().position(|t| t == token).map(|i| i as u32)
+        self.tokens
+            .iter()
+            .position(|t| t == token)
+            .map(|i| i as u32)
     }
 
     /// Special tokens spelled in the text (`<|im_start|>`) become their ids; the text between
@@ -196,7 +213,11 @@ impl SentencePiece {
                 .filter_map(|(i, pair)| {
                     let merged = format!("{}{}", pair[0], pair[1]);
                     let id = *self.index.get(&merged)?;
-                    Some((i, merged, self.scores.get(id as usize).copied().unwrap_or(0.0)))
+                    Some((
+                        i,
+                        merged,
+                        self.scores.get(id as usize).copied().unwrap_or(0.0),
+                    ))
                 })
                 .max_by(|a, b| a.2.total_cmp(&b.2).then(b.0.cmp(&a.0)));
             let Some((i, merged, _)) = best else { break };
@@ -234,7 +255,8 @@ fn prompt_text(tokenizer: &Tokenizer, is_chat: bool) -> String {
 /// The prompt and up to `max_tokens` of the greedy answer.
 pub fn answer(path: &Path, max_tokens: usize) -> anyhow::Result<(String, String)> {
     let mut file = std::fs::File::open(path)?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
     let eos = content
         .metadata
@@ -251,17 +273,19 @@ pub fn answer(path: &Path, max_tokens: usize) -> anyhow::Result<(String, String)
     let text = prompt_text(&tokenizer, is_chat);
     let prompt = tokenizer.encode(&text)?;
     let mut logits = model.forward(&Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?, 0)?;
-    let mut pos = prompt.len();
     let mut answer = Vec::new();
-    for _ in 0..max_tokens {
+    for pos in prompt.len()..prompt.len() + max_tokens {
         let next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
         if stops.contains(&next) {
             break;
         }
         answer.push(next);
         logits = model.forward(&Tensor::new(&[next], &device)?.unsqueeze(0)?, pos)?;
-        pos += 1;
     }
-    let shown = if is_chat { "What is the capital of France?".to_string() } else { text };
+    let shown = if is_chat {
+        "What is the capital of France?".to_string()
+    } else {
+        text
+    };
     Ok((shown, tokenizer.decode(&answer).trim().to_string()))
 }

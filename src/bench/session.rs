@@ -50,8 +50,20 @@ pub fn prepare(plan: &SessionPlan, hw: &Hardware) -> anyhow::Result<Prepared> {
     let footprint = Footprint::from_gguf(&file)
         .map_err(|p| anyhow::anyhow!("{}: {p}", plan.model_path.display()))?;
     // candle runs the whole prompt as one batch, so the batch is the longest prompt.
-    let context = plan.tests.iter().map(TestSpec::context).max().unwrap_or(1).max(1);
-    let ubatch = plan.tests.iter().map(|t| t.n_prompt).max().unwrap_or(1).max(1);
+    let context = plan
+        .tests
+        .iter()
+        .map(TestSpec::context)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let ubatch = plan
+        .tests
+        .iter()
+        .map(|t| t.n_prompt)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let estimate = estimate::estimate(
         &footprint,
         hw,
@@ -82,7 +94,11 @@ pub fn prepare(plan: &SessionPlan, hw: &Hardware) -> anyhow::Result<Prepared> {
 fn sha256_of(path: &std::path::Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Runs the worker for `threads`, calling `progress` with each line it reports.
@@ -162,7 +178,8 @@ pub fn records(
             );
             // A pg test is a prompt pass plus generation: add their times.
             let predicted = t.tokens() as f64
-                / (t.n_prompt as f64 / estimate.speed.pp_tps + t.n_gen as f64 / estimate.speed.tg_tps);
+                / (t.n_prompt as f64 / estimate.speed.pp_tps
+                    + t.n_gen as f64 / estimate.speed.tg_tps);
             BenchRecord {
                 schema_version: SCHEMA_VERSION,
                 timestamp: rfc3339(now),
@@ -170,11 +187,18 @@ pub fn records(
                 cpu_model: hw.cpu.model.clone(),
                 cpu_arch: hw.cpu.arch.clone(),
                 cpu_simd: hw.cpu.simd.join(" "),
-                gpu: hw.gpus.iter().map(|g| g.name.clone()).collect::<Vec<_>>().join("; "),
+                gpu: hw
+                    .gpus
+                    .iter()
+                    .map(|g| g.name.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 ram_total_bytes: hw.memory.total_bytes,
                 fitbench_version: env!("CARGO_PKG_VERSION").into(),
                 fitbench_commit: option_env!("FITBENCH_COMMIT").unwrap_or("unknown").into(),
-                candle_version: option_env!("FITBENCH_CANDLE_VERSION").unwrap_or("unknown").into(),
+                candle_version: option_env!("FITBENCH_CANDLE_VERSION")
+                    .unwrap_or("unknown")
+                    .into(),
                 backend: "cpu".into(),
                 model_filename: plan
                     .model_path

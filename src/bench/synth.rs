@@ -35,10 +35,19 @@ fn metadata(spec: &ModelSpec, quant: Quant) -> Vec<(String, Value)> {
     let key = |k: &str| format!("{arch}.{k}");
     let u32v = |v: u64| Value::U32(v as u32);
     let mut md = vec![
-        ("general.architecture".to_string(), Value::String(arch.into())),
-        ("general.name".to_string(), Value::String(format!("{} (synthetic)", spec.name))),
+        (
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        ),
+        (
+            "general.name".to_string(),
+            Value::String(format!("{} (synthetic)", spec.name)),
+        ),
         ("general.quantization_version".to_string(), Value::U32(2)),
-        ("general.file_type".to_string(), Value::U32(file_type(quant))),
+        (
+            "general.file_type".to_string(),
+            Value::U32(file_type(quant)),
+        ),
         (key("context_length"), u32v(spec.max_context)),
         (key("embedding_length"), u32v(spec.hidden_size)),
         (key("block_count"), u32v(spec.layers)),
@@ -53,7 +62,10 @@ fn metadata(spec: &ModelSpec, quant: Quant) -> Vec<(String, Value)> {
         (key("rope.freq_base"), Value::F32(10_000.0)),
         (key("vocab_size"), u32v(spec.vocab_size)),
         // llama.cpp loads a file without a vocabulary when told so; benchmarks need none.
-        ("tokenizer.ggml.model".to_string(), Value::String("no_vocab".into())),
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("no_vocab".into()),
+        ),
         ("fitbench.synthetic".to_string(), Value::Bool(true)),
     ];
     if spec.is_moe() {
@@ -99,7 +111,13 @@ pub fn write(
     let plan = tensor_plan(spec);
     let typed: Vec<(String, Vec<u64>, GgmlType)> = plan
         .iter()
-        .map(|t| (t.name.clone(), t.dims.clone(), quant.tensor_type(t, spec.layers)))
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dims.clone(),
+                quant.tensor_type(t, spec.layers),
+            )
+        })
         .collect();
     if let Some((name, _, t)) = typed.iter().find(|(_, _, t)| candle_dtype(*t).is_none()) {
         anyhow::bail!(
@@ -108,7 +126,10 @@ pub fn write(
             quant.name
         );
     }
-    let total: u64 = typed.iter().map(|(_, dims, _)| dims.iter().product::<u64>()).sum();
+    let total: u64 = typed
+        .iter()
+        .map(|(_, dims, _)| dims.iter().product::<u64>())
+        .sum();
     let mut done = 0u64;
     let mut noise = Noise(0x5EED_F17B_E4C4);
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(typed.len());

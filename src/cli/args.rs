@@ -53,16 +53,31 @@ pub struct BenchArgs {
     #[arg(long, short)]
     pub quant: Option<String>,
     /// Prompt lengths for pp tests (0 to skip), e.g. 128,512.
-    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_name = "N,...")]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        default_value = "512",
+        value_name = "N,..."
+    )]
     pub n_prompt: String,
     /// Generation lengths for tg tests (0 to skip).
-    #[arg(short = 'n', long = "n-gen", default_value = "128", value_name = "N,...")]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        default_value = "128",
+        value_name = "N,..."
+    )]
     pub n_gen: String,
     /// Prompt-then-generation tests, e.g. 512,128 (repeatable).
     #[arg(long = "pg", value_name = "P,G")]
     pub pg: Vec<String>,
     /// Context depths filled before each test, e.g. 0,1024.
-    #[arg(short = 'd', long = "n-depth", default_value = "0", value_name = "N,...")]
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        default_value = "0",
+        value_name = "N,..."
+    )]
     pub n_depth: String,
     /// Thread counts to sweep [default: physical cores].
     #[arg(short = 't', long = "threads", value_name = "N,...")]

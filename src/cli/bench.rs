@@ -25,17 +25,17 @@ fn resolve_quant(name: &str) -> anyhow::Result<Quant> {
 /// The cached synthetic twin of a catalog model, written on first use.
 fn synthetic_path(model: &str, quant: Quant) -> anyhow::Result<PathBuf> {
     let dir = crate::cache::cache_dir().context("no cache folder: set FITBENCH_CACHE_DIR")?;
-    Ok(dir.join("synthetic").join(format!("{model}-{}.gguf", quant.name)))
+    Ok(dir
+        .join("synthetic")
+        .join(format!("{model}-{}.gguf", quant.name)))
 }
 
 fn write_synthetic(model: &str, quant: Quant, out: &std::path::Path) -> anyhow::Result<()> {
     let spec = catalog::find(model)?;
     let bar = ProgressBar::new(spec.params);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {percent}% ({eta} left)",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{msg} [{bar:30}] {percent}% ({eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("synthesizing {} {}", spec.id, quant.name));
     synth::write(spec, quant, out, |done, total| {
@@ -151,7 +151,9 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         let bar = ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(120));
         bar.set_message(format!("loading with {threads} thread(s)"));
-        let report = session::run_threads(&plan, &prepared, threads, |m| bar.set_message(m.to_string()))?;
+        let report = session::run_threads(&plan, &prepared, threads, |m| {
+            bar.set_message(m.to_string())
+        })?;
         bar.finish_and_clear();
         for record in session::records(&plan, &prepared, &hardware, &report) {
             results.append(&record)?;
@@ -164,7 +166,11 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", output::bench_markdown(&records));
     } else {
         println!("{}", output::bench_table(&records));
-        eprintln!("appended {} row(s) to {}", records.len(), args.output.display());
+        eprintln!(
+            "appended {} row(s) to {}",
+            records.len(),
+            args.output.display()
+        );
         if records.iter().any(|r| r.throttled) {
             eprintln!("warning: the CPU throttled during a test; its numbers understate this box");
         }

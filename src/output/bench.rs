@@ -4,7 +4,16 @@ use super::{format_bytes, new_table};
 use crate::results::BenchRecord;
 
 const HEADER: [&str; 10] = [
-    "model", "test", "threads", "t/s", "predicted", "ratio", "TTFT / ITL p50, p95", "load", "peak RSS", "notes",
+    "model",
+    "test",
+    "threads",
+    "t/s",
+    "predicted",
+    "ratio",
+    "TTFT / ITL p50, p95",
+    "load",
+    "peak RSS",
+    "notes",
 ];
 
 fn row(r: &BenchRecord) -> Vec<String> {
@@ -53,7 +62,11 @@ pub fn bench_table(records: &[BenchRecord]) -> String {
 }
 
 pub fn bench_markdown(records: &[BenchRecord]) -> String {
-    let mut out = format!("| {} |\n|{}\n", HEADER.join(" | "), " --- |".repeat(HEADER.len()));
+    let mut out = format!(
+        "| {} |\n|{}\n",
+        HEADER.join(" | "),
+        " --- |".repeat(HEADER.len())
+    );
     for r in records {
         out.push_str(&format!("| {} |\n", row(r).join(" | ")));
     }

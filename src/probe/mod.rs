@@ -183,7 +183,17 @@ pub fn probe(options: ProbeOptions) -> anyhow::Result<Hardware> {
     let board = system::board();
     let is_raspberry_pi = board.as_deref().is_some_and(|b| b.contains("Raspberry Pi"));
     let total_bytes = system.total_memory();
-    let available_bytes = system.available_memory();
+    let mut available_bytes = system.available_memory();
+    // Lets tests and cautious users plan as if less memory were free.
+    if let Some(limit) = std::env::var("FITBENCH_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        available_bytes = available_bytes.min(limit);
+        notes.push(format!(
+            "available memory capped at {limit} bytes by FITBENCH_MEMORY_LIMIT"
+        ));
+    }
 
     let cpu_model = system
         .cpus()

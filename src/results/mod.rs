@@ -174,7 +174,8 @@ impl ResultsFile {
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io)?;
         if text.is_empty() {
-            file.write_all(format!("{}\n", header()).as_bytes()).map_err(io)?;
+            file.write_all(format!("{}\n", header()).as_bytes())
+                .map_err(io)?;
         } else {
             if text.lines().next() != Some(header().as_str()) {
                 return Err(ResultsError::OtherSchema { path: name });
@@ -266,8 +267,14 @@ mod tests {
     fn rows_append_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results/run.csv");
-        ResultsFile::open(&path).unwrap().append(&record("pp512")).unwrap();
-        ResultsFile::open(&path).unwrap().append(&record("tg128")).unwrap();
+        ResultsFile::open(&path)
+            .unwrap()
+            .append(&record("pp512"))
+            .unwrap();
+        ResultsFile::open(&path)
+            .unwrap()
+            .append(&record("tg128"))
+            .unwrap();
         let rows = read(&path).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0], record("pp512"));
@@ -278,11 +285,20 @@ mod tests {
     fn a_torn_last_line_is_cut_and_earlier_rows_survive() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.csv");
-        ResultsFile::open(&path).unwrap().append(&record("pp512")).unwrap();
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        ResultsFile::open(&path)
+            .unwrap()
+            .append(&record("pp512"))
+            .unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         file.write_all(b"1,2026-11-23T00:00:00Z,half a ro").unwrap();
         drop(file);
-        ResultsFile::open(&path).unwrap().append(&record("tg128")).unwrap();
+        ResultsFile::open(&path)
+            .unwrap()
+            .append(&record("tg128"))
+            .unwrap();
         let tests: Vec<String> = read(&path).unwrap().into_iter().map(|r| r.test).collect();
         assert_eq!(tests, ["pp512", "tg128"]);
     }
@@ -294,13 +310,26 @@ mod tests {
         std::fs::write(&path, "model,size,t/s\nx,1,2\n").unwrap();
         let err = ResultsFile::open(&path).err().unwrap();
         assert!(err.to_string().contains("-o results/NEW.csv"), "{err}");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "model,size,t/s\nx,1,2\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "model,size,t/s\nx,1,2\n"
+        );
     }
 
     #[test]
     fn the_header_uses_llama_bench_names() {
         let h = header();
-        for column in ["n_prompt", "n_gen", "n_depth", "n_threads", "avg_ts", "stddev_ts", "model_size", "model_n_params", "schema_version"] {
+        for column in [
+            "n_prompt",
+            "n_gen",
+            "n_depth",
+            "n_threads",
+            "avg_ts",
+            "stddev_ts",
+            "model_size",
+            "model_n_params",
+            "schema_version",
+        ] {
             assert!(h.split(',').any(|c| c == column), "{column}");
         }
     }

