@@ -385,3 +385,47 @@ fn a_bad_profile_name_is_refused_before_probing() {
     );
     assert!(!dir.path().join("../escape.toml").exists());
 }
+
+#[test]
+fn recommend_is_calibrated_by_bench_results_for_the_box() {
+    use fitbench::results::{BenchRecord, ResultsFile};
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = ResultsFile::open(&dir.path().join("pi.csv")).unwrap();
+    for ratio in [0.5, 0.5] {
+        file.append(&BenchRecord {
+            schema_version: fitbench::results::SCHEMA_VERSION,
+            host: "pi3b".into(),
+            backend: "cpu".into(),
+            n_gen: 128,
+            measured_over_predicted: ratio,
+            ..BenchRecord::default()
+        })
+        .unwrap();
+    }
+    let run = |args: &[&str], results: &Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fitbench"));
+        command.args(args).env("FITBENCH_RESULTS_DIR", results);
+        json(&command.output().unwrap())
+    };
+    let recommend = ["recommend", "--profile", "pi3b", "--json"];
+    let none = dir.path().join("none");
+    assert_eq!(
+        run(&recommend, dir.path())["efficiencies_source"],
+        "calibrated from 2 runs on pi3b"
+    );
+    assert_eq!(run(&recommend, &none)["efficiencies_source"], "published");
+    let estimate = [
+        "estimate",
+        "-m",
+        "qwen2-0.5b",
+        "-q",
+        "q4_0",
+        "--profile",
+        "pi3b",
+        "--json",
+    ];
+    let tg = |r: Value| r["speed"]["tg_tps"].as_f64().unwrap();
+    let ratio = tg(run(&estimate, dir.path())) / tg(run(&estimate, &none));
+    // Half the efficiency, plus the fixed per-layer cost that calibration leaves alone.
+    assert!((0.45..0.6).contains(&ratio), "{ratio}");
+}

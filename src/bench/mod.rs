@@ -13,7 +13,7 @@ pub mod session;
 pub mod stats;
 pub mod synth;
 
-pub use runner::run_worker;
+pub use runner::{device, run_worker};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -77,6 +77,8 @@ pub struct WorkerSpec {
     pub target_ci: Option<f64>,
     pub warmup: usize,
     pub seed: u64,
+    /// `cpu`, `cuda:N` or `metal:N`.
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -39,6 +39,13 @@ pub fn unsupported_message(arch: &str) -> String {
     )
 }
 
+fn cannot_load(path: &Path, arch: &str, err: candle_core::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}: candle cannot load this {arch} model: {err}\nhint: the file may use a layout candle's {arch} loader does not know (e.g. Phi-4-mini's tied output matrix)",
+        path.display()
+    )
+}
+
 impl Model {
     /// Loads every tensor of `path` onto `device`.
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<Model> {
@@ -51,28 +58,35 @@ impl Model {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        let model = match arch.as_str() {
-            "llama" => Model::Llama(quantized_llama::ModelWeights::from_gguf(
-                content, &mut file, device,
-            )?),
-            "qwen2" => Model::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
-                content, &mut file, device,
-            )?),
-            "qwen3" => Model::Qwen3(quantized_qwen3::ModelWeights::from_gguf(
-                content, &mut file, device,
-            )?),
-            "phi3" => Model::Phi3(quantized_phi3::ModelWeights::from_gguf(
-                false, content, &mut file, device,
-            )?),
-            "phi2" => Model::Phi2(quantized_phi::ModelWeights::from_gguf(
-                content, &mut file, device,
-            )?),
-            "gemma3" => Model::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
-                content, &mut file, device,
-            )?),
+        let cannot_load = |err| cannot_load(path, &arch, err);
+        let loaded = match arch.as_str() {
+            "llama" => Model::Llama(
+                quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(cannot_load)?,
+            ),
+            "qwen2" => Model::Qwen2(
+                quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(cannot_load)?,
+            ),
+            "qwen3" => Model::Qwen3(
+                quantized_qwen3::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(cannot_load)?,
+            ),
+            "phi3" => Model::Phi3(
+                quantized_phi3::ModelWeights::from_gguf(false, content, &mut file, device)
+                    .map_err(cannot_load)?,
+            ),
+            "phi2" => Model::Phi2(
+                quantized_phi::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(cannot_load)?,
+            ),
+            "gemma3" => Model::Gemma3(
+                quantized_gemma3::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(cannot_load)?,
+            ),
             other => anyhow::bail!("{}: {}", path.display(), unsupported_message(other)),
         };
-        Ok(model)
+        Ok(loaded)
     }
 
     /// Runs `tokens` at positions `pos..`, returning the last position's logits.

@@ -75,6 +75,8 @@ pub struct Watch {
     pub freq_min_mhz: Option<u64>,
     energy_start_uj: Option<u64>,
     pub energy_j: Option<f64>,
+    /// A Raspberry Pi's firmware reported throttling or a frequency cap during the test.
+    pub firmware_throttled: bool,
 }
 
 impl Watch {
@@ -88,6 +90,7 @@ impl Watch {
             freq_min_mhz: freq,
             energy_start_uj: energy_microjoules(),
             energy_j: None,
+            firmware_throttled: false,
         }
     }
 
@@ -107,16 +110,19 @@ impl Watch {
             // The counter wraps; a wrapped reading is dropped rather than guessed.
             self.energy_j = end.checked_sub(start).map(|uj| uj as f64 / 1e6);
         }
+        self.firmware_throttled = crate::probe::vcgencmd_throttled()
+            .is_some_and(|value| crate::probe::throttled_now(&value));
     }
 
-    /// Throttled: the CPU got hot (≥ 80 °C) or its clock fell more than 10% during the test.
+    /// Throttled: the CPU got hot (≥ 80 °C), its clock fell more than 10% during the test,
+    /// or a Pi's firmware says so.
     pub fn throttled(&self) -> bool {
         let hot = self.temp_max_c.is_some_and(|t| t >= 80.0);
         let slowed = match (self.freq_start_mhz, self.freq_min_mhz) {
             (Some(start), Some(min)) => (min as f64) < 0.9 * start as f64,
             _ => false,
         };
-        hot || slowed
+        hot || slowed || self.firmware_throttled
     }
 }
 

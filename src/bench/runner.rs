@@ -34,8 +34,37 @@ fn progress(message: &str) {
     let _ = writeln!(std::io::stderr(), "@progress {message}");
 }
 
+/// `cpu`, `cuda:N` or `metal:N`; a GPU device needs a build with candle's backend for it.
+pub fn device(name: &str) -> anyhow::Result<Device> {
+    let ordinal = |prefix: &str| -> anyhow::Result<usize> {
+        let rest = name
+            .strip_prefix(prefix)
+            .unwrap_or("")
+            .trim_start_matches(':');
+        if rest.is_empty() {
+            Ok(0)
+        } else {
+            rest.parse().map_err(|_| {
+                anyhow::anyhow!("--device {name}: expected {prefix}:N, e.g. {prefix}:0")
+            })
+        }
+    };
+    let (device, feature) = if name == "cpu" {
+        return Ok(Device::Cpu);
+    } else if name.starts_with("cuda") {
+        (Device::new_cuda(ordinal("cuda")?), "cuda")
+    } else if name.starts_with("metal") {
+        (Device::new_metal(ordinal("metal")?), "metal")
+    } else {
+        anyhow::bail!("--device {name}: use cpu, cuda:N or metal:N");
+    };
+    device.map_err(|e| {
+        anyhow::anyhow!("--device {name}: {e}\nhint: build fitbench with `cargo build --release --features {feature}` on a box with the {feature} toolkit")
+    })
+}
+
 pub fn run_worker(spec: &WorkerSpec) -> anyhow::Result<WorkerReport> {
-    let device = Device::Cpu;
+    let device = device(&spec.device)?;
     let cache_share = monitor::page_cache_share(&spec.model_path);
     let started = Instant::now();
     let mut model = Model::load(&spec.model_path, &device)?;

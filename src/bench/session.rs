@@ -24,6 +24,7 @@ pub struct SessionPlan {
     pub target_ci: Option<f64>,
     pub warmup: usize,
     pub seed: u64,
+    pub device: String,
     /// Run even when the estimate says the model would not fit.
     pub force: bool,
 }
@@ -70,11 +71,11 @@ pub fn prepare(plan: &SessionPlan, hw: &Hardware) -> anyhow::Result<Prepared> {
         &EstimateOptions {
             context: Some(context as u64),
             ubatch: Some(ubatch as u64),
-            cpu_only: true,
+            cpu_only: plan.device == "cpu",
             ..EstimateOptions::default()
         },
     );
-    if estimate.placement.fit != Fit::FitsInRam && !plan.force {
+    if !matches!(estimate.placement.fit, Fit::FitsInRam | Fit::FitsInVram) && !plan.force {
         anyhow::bail!(
             "{}: refusing to load: it needs about {} at {} tokens of context, and {} is available without swapping\nhint: pick a smaller quantization or model, shorten -p/-n/-d, or pass --force to run anyway",
             plan.model_path.display(),
@@ -118,6 +119,7 @@ pub fn run_threads(
         target_ci: plan.target_ci,
         warmup: plan.warmup,
         seed: plan.seed,
+        device: plan.device.clone(),
     };
     let mut child = Command::new(std::env::current_exe()?)
         .arg("bench-worker")
@@ -172,7 +174,7 @@ pub fn records(
                 &EstimateOptions {
                     context: Some(t.context().max(1) as u64),
                     ubatch: Some(t.n_prompt.max(1) as u64),
-                    cpu_only: true,
+                    cpu_only: plan.device == "cpu",
                     ..EstimateOptions::default()
                 },
             );
@@ -199,7 +201,7 @@ pub fn records(
                 candle_version: option_env!("FITBENCH_CANDLE_VERSION")
                     .unwrap_or("unknown")
                     .into(),
-                backend: "cpu".into(),
+                backend: plan.device.split(':').next().unwrap_or("cpu").into(),
                 model_filename: plan
                     .model_path
                     .file_name()

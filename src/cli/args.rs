@@ -94,7 +94,7 @@ pub struct BenchArgs {
     /// Untimed runs before each test.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Device: cpu (cuda:N needs a build with --features cuda).
+    /// Device: cpu, cuda:N (a build with --features cuda) or metal:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Seed for the random token ids.

@@ -70,12 +70,8 @@ fn percent(text: &str) -> anyhow::Result<f64> {
 }
 
 pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
-    if args.device != "cpu" {
-        bail!(
-            "--device {}: this build measures on the CPU only; CUDA support arrives with the `cuda` feature's runner",
-            args.device
-        );
-    }
+    // Fail on an unusable device now, not in every worker.
+    bench::device(&args.device)?;
     let hardware = probe::probe(ProbeOptions {
         bandwidth: BandwidthMode::Cached,
     })?;
@@ -134,6 +130,7 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         target_ci: args.target_ci.as_deref().map(percent).transpose()?,
         warmup: args.warmup,
         seed: args.seed,
+        device: args.device.clone(),
         force: args.force,
     };
     let prepared = session::prepare(&plan, &hardware)?;

@@ -5,7 +5,7 @@ use super::args::{
     ScanArgs, TargetArgs,
 };
 use crate::catalog::{self, Quant};
-use crate::estimate::{self, EstimateOptions, Footprint, KvType};
+use crate::estimate::{self, Efficiencies, EstimateOptions, Footprint, KvType};
 use crate::gguf::GgufFile;
 use crate::output;
 use crate::probe::{self, BandwidthMode, Hardware, ProbeOptions};
@@ -59,7 +59,7 @@ fn recommend_command(args: RecommendArgs) -> anyhow::Result<()> {
             license: args.license,
             cpu_only: args.cpu_only,
             top: args.top,
-            ..RecommendOptions::default()
+            efficiencies: efficiencies_for(&hardware),
         },
     );
     if args.json {
@@ -148,7 +148,16 @@ fn target_hardware(target: &TargetArgs) -> anyhow::Result<Hardware> {
     }
 }
 
-fn estimate_options(target: &TargetArgs) -> anyhow::Result<EstimateOptions> {
+/// Bench results in `results/` (or `$FITBENCH_RESULTS_DIR`) measured on this box replace
+/// the published efficiencies.
+fn efficiencies_for(hardware: &Hardware) -> Efficiencies {
+    let dir = std::env::var_os("FITBENCH_RESULTS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "results".into());
+    estimate::calibrate(&estimate::load_results(&dir), &hardware.name).unwrap_or_default()
+}
+
+fn estimate_options(target: &TargetArgs, hardware: &Hardware) -> anyhow::Result<EstimateOptions> {
     let Some(kv_type) = KvType::parse(&target.kv_type) else {
         bail!(
             "--kv-type {}: unknown KV cache type; use f16 or q8_0",
@@ -163,7 +172,7 @@ fn estimate_options(target: &TargetArgs) -> anyhow::Result<EstimateOptions> {
         ubatch: target.ubatch,
         kv_type,
         cpu_only: target.cpu_only,
-        ..EstimateOptions::default()
+        efficiencies: efficiencies_for(hardware),
     })
 }
 
@@ -177,7 +186,6 @@ struct InspectReport<'a> {
 }
 
 fn inspect_command(args: InspectArgs) -> anyhow::Result<()> {
-    let options = estimate_options(&args.target)?;
     let file = GgufFile::open(&args.file)?;
     let footprint = Footprint::from_gguf(&file).map_err(|problem| {
         anyhow::anyhow!(
@@ -186,6 +194,7 @@ fn inspect_command(args: InspectArgs) -> anyhow::Result<()> {
         )
     })?;
     let hardware = target_hardware(&args.target)?;
+    let options = estimate_options(&args.target, &hardware)?;
     let estimate = estimate::estimate(&footprint, &hardware, &options);
     if args.json {
         return print_json(&InspectReport {
@@ -204,7 +213,6 @@ fn inspect_command(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 fn estimate_command(args: EstimateArgs) -> anyhow::Result<()> {
-    let options = estimate_options(&args.target)?;
     let spec = catalog::find(&args.model)?;
     let Some(quant) = Quant::parse(&args.quant) else {
         bail!(
@@ -215,6 +223,7 @@ fn estimate_command(args: EstimateArgs) -> anyhow::Result<()> {
     };
     let footprint = Footprint::from_catalog(spec, quant);
     let hardware = target_hardware(&args.target)?;
+    let options = estimate_options(&args.target, &hardware)?;
     let estimate = estimate::estimate(&footprint, &hardware, &options);
     if args.json {
         return print_json(&estimate);
@@ -224,7 +233,6 @@ fn estimate_command(args: EstimateArgs) -> anyhow::Result<()> {
 }
 
 fn scan_command(args: ScanArgs) -> anyhow::Result<()> {
-    let options = estimate_options(&args.target)?;
     for dir in &args.dirs {
         if !dir.exists() {
             bail!("{}: no such file or folder", dir.display());
@@ -236,6 +244,7 @@ fn scan_command(args: ScanArgs) -> anyhow::Result<()> {
         scan::default_stores()
     };
     let hardware = target_hardware(&args.target)?;
+    let options = estimate_options(&args.target, &hardware)?;
     let rows = scan::scan(&args.dirs, &stores, &hardware, &options);
     if args.json {
         return print_json(&rows);

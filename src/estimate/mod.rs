@@ -2,9 +2,11 @@
 //! `Footprint` and a `Hardware`; every term is kept so `--json` readers can check it.
 //! The rules and their sources are in docs/estimates.md.
 
+mod calibration;
 mod footprint;
 mod speed;
 
+pub use calibration::{calibrate, load_results};
 pub use footprint::Footprint;
 pub use speed::{Efficiencies, Speed};
 

@@ -42,10 +42,11 @@ fn upgrade_lines(r: &Recommendation) -> Vec<String> {
 
 pub fn recommendation_text(r: &Recommendation) -> String {
     let mut out = format!(
-        "fitbench recommends for {} ({} task, at least {}):\n  {}\n",
+        "fitbench recommends for {} ({} task, at least {}; speeds from {} efficiencies):\n  {}\n",
         r.hardware,
         r.task.name(),
         format_tps(r.min_tps),
+        r.efficiencies_source,
         path_line(r)
     );
     if let Some(nothing) = &r.nothing_fits {
@@ -71,7 +72,7 @@ pub fn recommendation_text(r: &Recommendation) -> String {
     if let Some(hint) = &r.runtime_hint {
         out.push_str(&format!("\n{hint}\n"));
     }
-    out.push_str("\nEstimates, not measurements: docs/estimates.md says how they are made.");
+    out.push_str("\nEstimates, not measurements: docs/estimates.md says how they are made; `fitbench bench` calibrates them for this box.");
     out
 }
 

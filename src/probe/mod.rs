@@ -10,6 +10,7 @@ mod system;
 use serde::{Deserialize, Serialize};
 
 pub use bandwidth::measure_read_bandwidth;
+pub use system::{throttled_now, vcgencmd_throttled};
 
 /// Bumped when a field is renamed or removed; adding an optional field keeps it.
 pub const HARDWARE_SCHEMA_VERSION: u32 = 1;

@@ -43,7 +43,7 @@ pub fn thermal(notes: &mut Vec<String>, is_raspberry_pi: bool) -> Thermal {
 
 /// `vcgencmd get_throttled` prints "throttled=0x50005"; non-zero bits mean under-voltage,
 /// capped frequency or throttling now (low bits) or since boot (bits 16+).
-fn vcgencmd_throttled() -> Option<String> {
+pub fn vcgencmd_throttled() -> Option<String> {
     let output = Command::new("vcgencmd")
         .arg("get_throttled")
         .output()
@@ -52,6 +52,11 @@ fn vcgencmd_throttled() -> Option<String> {
         return None;
     }
     parse_throttled(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// True when the Pi's firmware says it is throttled or capped right now (bits 0–3).
+pub fn throttled_now(value: &str) -> bool {
+    u32::from_str_radix(value.trim_start_matches("0x"), 16).is_ok_and(|bits| bits & 0xF != 0)
 }
 
 fn parse_throttled(text: &str) -> Option<String> {
@@ -70,5 +75,7 @@ mod tests {
             Some("0x50005")
         );
         assert_eq!(parse_throttled("error=1 error_msg=\"x\""), None);
+        assert!(throttled_now("0x50005"));
+        assert!(!throttled_now("0x50000"), "only since boot, not now");
     }
 }

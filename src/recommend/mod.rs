@@ -91,6 +91,8 @@ pub struct Recommendation {
     pub hardware: String,
     pub task: Task,
     pub min_tps: f64,
+    /// "published", or "calibrated from N runs on HOST" when bench results exist for the box.
+    pub efficiencies_source: String,
     pub plan: Plan,
     pub picks: Vec<Candidate>,
     pub near_misses: Vec<NearMiss>,
@@ -146,6 +148,7 @@ pub fn recommend(hw: &Hardware, options: &RecommendOptions) -> Recommendation {
         hardware: hw.name.clone(),
         task: options.task,
         min_tps: options.min_tps,
+        efficiencies_source: options.efficiencies.source.clone(),
         runtime_hint: runtime_hint(hw, &plan),
         plan,
         picks,

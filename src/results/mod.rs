@@ -8,7 +8,7 @@ use std::path::Path;
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// One measured test configuration, with everything needed to reproduce and compare it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BenchRecord {
     pub schema_version: u32,
     /// UTC, RFC 3339.
@@ -79,53 +79,7 @@ pub fn header() -> String {
 fn example() -> BenchRecord {
     BenchRecord {
         schema_version: SCHEMA_VERSION,
-        timestamp: String::new(),
-        host: String::new(),
-        cpu_model: String::new(),
-        cpu_arch: String::new(),
-        cpu_simd: String::new(),
-        gpu: String::new(),
-        ram_total_bytes: 0,
-        fitbench_version: String::new(),
-        fitbench_commit: String::new(),
-        candle_version: String::new(),
-        backend: String::new(),
-        model_filename: String::new(),
-        model_sha256: String::new(),
-        model_type: String::new(),
-        model_size: 0,
-        model_n_params: 0,
-        quant: String::new(),
-        synthetic: false,
-        test: String::new(),
-        n_prompt: 0,
-        n_gen: 0,
-        n_depth: 0,
-        n_threads: 0,
-        repetitions: 0,
-        warmup: 0,
-        seed: 0,
-        avg_ts: 0.0,
-        stddev_ts: 0.0,
-        median_ts: 0.0,
-        ci95_halfwidth_ts: 0.0,
-        samples_ts: String::new(),
-        outliers: 0,
-        ttft_ms: None,
-        itl_p50_ms: None,
-        itl_p95_ms: None,
-        load_ms: 0.0,
-        load_cache: String::new(),
-        peak_rss_bytes: 0,
-        temp_start_c: None,
-        temp_max_c: None,
-        freq_start_mhz: None,
-        freq_min_mhz: None,
-        throttled: false,
-        energy_j: None,
-        predicted_ts: 0.0,
-        predicted_memory_bytes: 0,
-        measured_over_predicted: 0.0,
+        ..BenchRecord::default()
     }
 }
 
