@@ -100,11 +100,64 @@ pub fn parse(text: &str, source_name: &str) -> Result<Hardware, ProfileError> {
     };
     let deserializer = toml::Deserializer::parse(text)
         .map_err(|err| invalid(error_line(text, &err), "(syntax)".into(), first_line(&err)))?;
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+    let hardware: Hardware = serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let field = err.path().to_string();
         let inner = err.into_inner();
         invalid(error_line(text, &inner), field, first_line(&inner))
-    })
+    })?;
+    match implausible(&hardware) {
+        Some((field, message)) => Err(invalid(line_of(text, field), field.to_string(), message)),
+        None => Ok(hardware),
+    }
+}
+
+/// Values that parse but cannot describe a box, which would make every estimate nonsense.
+fn implausible(hw: &Hardware) -> Option<(&'static str, String)> {
+    let m = &hw.memory;
+    if m.total_bytes == 0 {
+        return Some(("memory.total_bytes", "must be above 0".into()));
+    }
+    if m.available_bytes > m.total_bytes {
+        return Some((
+            "memory.available_bytes",
+            "is more than memory.total_bytes".into(),
+        ));
+    }
+    if m.bandwidth_gbs.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
+        return Some((
+            "memory.bandwidth_gbs",
+            "must be a positive number of GB/s".into(),
+        ));
+    }
+    if hw.cpu.logical_cores == 0 || hw.cpu.physical_cores == 0 {
+        return Some(("cpu.physical_cores", "cores must be at least 1".into()));
+    }
+    for gpu in &hw.gpus {
+        if gpu.vram_free_bytes > gpu.vram_total_bytes {
+            return Some((
+                "gpus.vram_free_bytes",
+                "is more than vram_total_bytes".into(),
+            ));
+        }
+        if gpu
+            .bandwidth_gbs
+            .is_some_and(|b| !(b > 0.0 && b.is_finite()))
+        {
+            return Some((
+                "gpus.bandwidth_gbs",
+                "must be a positive number of GB/s".into(),
+            ));
+        }
+    }
+    None
+}
+
+/// The line where `field`'s last key is set, for an error that points at it.
+fn line_of(text: &str, field: &str) -> usize {
+    let key = field.rsplit('.').next().unwrap_or(field);
+    text.lines()
+        .position(|l| l.trim_start().starts_with(key))
+        .map_or(1, |i| i + 1)
 }
 
 fn error_line(text: &str, err: &toml::de::Error) -> usize {
@@ -144,7 +197,10 @@ pub fn resolve(name_or_path: &str) -> Result<Hardware, ProfileError> {
         Some(hardware) => Ok(hardware),
         None => Err(ProfileError::NotFound {
             name: name_or_path.to_string(),
-            available: list()?.into_iter().map(|p| p.hardware.name).collect(),
+            // A broken saved profile must not hide the names that do work.
+            available: list()
+                .map(|all| all.into_iter().map(|p| p.hardware.name).collect())
+                .unwrap_or_else(|_| SHIPPED.iter().map(|(n, _)| n.to_string()).collect()),
         }),
     }
 }
@@ -296,6 +352,24 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn implausible_values_are_refused_with_their_line() {
+        let text = SHIPPED[0]
+            .1
+            .replacen("bandwidth_gbs = ", "bandwidth_gbs = -", 1);
+        let err = parse(&text, "neg.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("memory.bandwidth_gbs") && err.contains("positive"),
+            "{err}"
+        );
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("bandwidth_gbs"))
+            .unwrap()
+            + 1;
+        assert!(err.contains(&format!("line {line}")), "{err}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub fn scan(
         .into_iter()
         .map(|model| {
             let result = GgufFile::open(&model.path)
-                .map_err(|e| e.problem)
+                .map_err(|e| format!("{}; {}", e.problem, e.hint))
                 .and_then(|file| Footprint::from_gguf(&file))
                 .map(|f| estimate::estimate(&f, hardware, options));
             let (estimate, error) = match result {

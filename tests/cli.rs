@@ -396,6 +396,7 @@ fn recommend_is_calibrated_by_bench_results_for_the_box() {
             schema_version: fitbench::results::SCHEMA_VERSION,
             host: "pi3b".into(),
             backend: "cpu".into(),
+            n_threads: 4,
             n_gen: 128,
             measured_over_predicted: ratio,
             ..BenchRecord::default()

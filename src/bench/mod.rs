@@ -146,7 +146,8 @@ pub fn test_matrix(
                 n_depth,
             });
         }
-        for &(p, g) in pg {
+        // A pg test needs both parts; the others are plain pp or tg tests.
+        for &(p, g) in pg.iter().filter(|(p, g)| *p > 0 && *g > 0) {
             tests.push(TestSpec {
                 kind: TestKind::Pg,
                 n_prompt: p,

@@ -32,7 +32,10 @@ pub enum Model {
 }
 
 pub fn unsupported_message(arch: &str) -> String {
-    let names: Vec<&str> = SUPPORTED.iter().map(|(a, _)| *a).collect();
+    let names: Vec<String> = SUPPORTED
+        .iter()
+        .map(|(a, models)| format!("{a} ({models})"))
+        .collect();
     format!(
         "architecture `{arch}` cannot be benchmarked yet; fitbench runs {}",
         names.join(", ")
@@ -49,7 +52,8 @@ fn cannot_load(path: &Path, arch: &str, err: candle_core::Error) -> anyhow::Erro
 impl Model {
     /// Loads every tensor of `path` onto `device`.
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<Model> {
-        let mut file = std::fs::File::open(path)?;
+        let mut file =
+            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let arch = content

@@ -95,7 +95,8 @@ impl Tokenizer {
             bos: md
                 .get("tokenizer.ggml.bos_token_id")
                 .and_then(|v| v.to_u32().ok()),
-            add_bos: flag("tokenizer.ggml.add_bos_token", false),
+            // llama.cpp adds BOS by default for SentencePiece vocabularies.
+            add_bos: flag("tokenizer.ggml.add_bos_token", kind == "llama"),
             tokens,
             types,
         })
@@ -157,7 +158,11 @@ impl Tokenizer {
                 let mut ids = encoding.get_ids().to_vec();
                 // candle's byte-level pipeline adds a space llama.cpp does not; undo it.
                 if !text.starts_with(' ') {
-                    if let Some(first) = ids.first().map(|id| self.tokens[*id as usize].clone()) {
+                    if let Some(first) = ids
+                        .first()
+                        .and_then(|id| self.tokens.get(*id as usize))
+                        .cloned()
+                    {
                         if let Some(stripped) = first.strip_prefix('Ġ') {
                             match (stripped.is_empty(), self.id_of(stripped)) {
                                 (true, _) => {
@@ -237,10 +242,11 @@ impl SentencePiece {
     }
 }
 
+const QUESTION: &str = "What is the capital of France?";
+
 /// An instruct model (its GGUF carries a chat template) gets the question in its own chat
 /// format; a base model gets the start of a sentence to complete.
 fn prompt_text(tokenizer: &Tokenizer, is_chat: bool) -> String {
-    const QUESTION: &str = "What is the capital of France?";
     if !is_chat {
         "The capital of France is".to_string()
     } else if tokenizer.id_of("<|im_start|>").is_some() {
@@ -254,7 +260,8 @@ fn prompt_text(tokenizer: &Tokenizer, is_chat: bool) -> String {
 
 /// The prompt and up to `max_tokens` of the greedy answer.
 pub fn answer(path: &Path, max_tokens: usize) -> anyhow::Result<(String, String)> {
-    let mut file = std::fs::File::open(path)?;
+    let mut file =
+        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let content = gguf_file::Content::read(&mut file)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&content)?;
@@ -272,6 +279,12 @@ pub fn answer(path: &Path, max_tokens: usize) -> anyhow::Result<(String, String)
     let is_chat = content.metadata.contains_key("tokenizer.chat_template");
     let text = prompt_text(&tokenizer, is_chat);
     let prompt = tokenizer.encode(&text)?;
+    if prompt.is_empty() {
+        anyhow::bail!(
+            "{}: --sample: the tokenizer encoded the prompt to nothing",
+            path.display()
+        );
+    }
     let mut logits = model.forward(&Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?, 0)?;
     let mut answer = Vec::new();
     for pos in prompt.len()..prompt.len() + max_tokens {

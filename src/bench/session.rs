@@ -7,6 +7,7 @@ use crate::gguf::GgufFile;
 use crate::output::format_bytes;
 use crate::probe::Hardware;
 use crate::results::{rfc3339, BenchRecord, SCHEMA_VERSION};
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -34,22 +35,32 @@ pub struct Prepared {
     file: GgufFile,
     footprint: Footprint,
     sha256: String,
-    pub peak_estimate_bytes: u64,
 }
 
-/// Reads the header, checks the architecture, and refuses what would swap.
-pub fn prepare(plan: &SessionPlan, hw: &Hardware) -> anyhow::Result<Prepared> {
-    let file = GgufFile::open(&plan.model_path)?;
-    let arch = file.architecture().unwrap_or("unknown").to_string();
+/// Refuses an architecture the runner cannot load, listing those it can. `merged_experts`:
+/// the model keeps its MoE experts in `ffn_*_exps` tensors, as llama.cpp has written them
+/// since 2024; candle 0.11's llama loader reads only the older one-tensor-per-expert layout.
+pub fn check_supported(label: &str, arch: &str, merged_experts: bool) -> anyhow::Result<()> {
     if !super::model::SUPPORTED.iter().any(|(a, _)| *a == arch) {
+        anyhow::bail!("{label}: {}", super::model::unsupported_message(arch));
+    }
+    if merged_experts {
         anyhow::bail!(
-            "{}: {}",
-            plan.model_path.display(),
-            super::model::unsupported_message(&arch)
+            "{label}: this mixture-of-experts model stores its experts merged (ffn_*_exps tensors), which candle 0.11 cannot load; it reads only the older per-expert layout (blk.N.ffn_gate.E.weight)\nhint: measure this model with llama.cpp's llama-bench; fitbench's estimate for it is still available (`fitbench inspect`)"
         );
     }
-    let footprint = Footprint::from_gguf(&file)
-        .map_err(|p| anyhow::anyhow!("{}: {p}", plan.model_path.display()))?;
+    Ok(())
+}
+
+/// Refuses tests longer than the model runs, and a model that would not fit in memory
+/// (RAM without swap, or VRAM on a GPU) unless the plan forces it.
+pub fn check_fits(
+    label: &str,
+    footprint: &Footprint,
+    plan: &SessionPlan,
+    hw: &Hardware,
+) -> anyhow::Result<()> {
+    let arch = footprint.architecture.as_str();
     // candle runs the whole prompt as one batch, so the batch is the longest prompt.
     let context = plan
         .tests
@@ -65,8 +76,19 @@ pub fn prepare(plan: &SessionPlan, hw: &Hardware) -> anyhow::Result<Prepared> {
         .max()
         .unwrap_or(1)
         .max(1);
+    // candle's llama precomputes rotary embeddings for 4096 positions only.
+    let limit = if arch == "llama" {
+        footprint.max_context.min(4096)
+    } else {
+        footprint.max_context
+    };
+    if context as u64 > limit {
+        anyhow::bail!(
+            "{label}: a test needs {context} tokens of context (-d + -p + -n), and this {arch} model runs at most {limit} here\nhint: lower -d, -p or -n"
+        );
+    }
     let estimate = estimate::estimate(
-        &footprint,
+        footprint,
         hw,
         &EstimateOptions {
             context: Some(context as u64),
@@ -75,26 +97,58 @@ pub fn prepare(plan: &SessionPlan, hw: &Hardware) -> anyhow::Result<Prepared> {
             ..EstimateOptions::default()
         },
     );
-    if !matches!(estimate.placement.fit, Fit::FitsInRam | Fit::FitsInVram) && !plan.force {
+    // candle puts the whole model on the device it runs on: a GPU run needs it all in VRAM.
+    let (fits, budget, memory) = if plan.device != "cpu" {
+        (
+            estimate.placement.fit == Fit::FitsInVram,
+            estimate.placement.vram_budget_bytes,
+            "VRAM",
+        )
+    } else {
+        (
+            estimate.placement.fit == Fit::FitsInRam,
+            estimate.placement.ram_budget_bytes,
+            "RAM without swapping",
+        )
+    };
+    if !fits && !plan.force {
         anyhow::bail!(
-            "{}: refusing to load: it needs about {} at {} tokens of context, and {} is available without swapping\nhint: pick a smaller quantization or model, shorten -p/-n/-d, or pass --force to run anyway",
-            plan.model_path.display(),
+            "{label}: refusing to load: it needs about {} at {context} tokens of context, and {} of {memory} is available\nhint: pick a smaller quantization or model, shorten -p/-n/-d, or pass --force to run anyway",
             format_bytes(estimate.memory.total_bytes),
-            context,
-            format_bytes(estimate.placement.ram_budget_bytes)
+            format_bytes(budget)
         );
     }
+    Ok(())
+}
+
+/// Reads the header and checks it can run here; `Prepared::hash` completes it.
+pub fn prepare(plan: &SessionPlan, hw: &Hardware) -> anyhow::Result<Prepared> {
+    let file = GgufFile::open(&plan.model_path)?;
+    let label = plan.model_path.display().to_string();
+    let arch = file.architecture().unwrap_or("unknown");
+    let merged_experts = file.tensors.iter().any(|t| t.name.contains("_exps"));
+    check_supported(&label, arch, merged_experts)?;
+    let footprint = Footprint::from_gguf(&file).map_err(|p| anyhow::anyhow!("{label}: {p}"))?;
+    check_fits(&label, &footprint, plan, hw)?;
     Ok(Prepared {
-        sha256: sha256_of(&plan.model_path)?,
-        peak_estimate_bytes: estimate.memory.total_bytes,
+        sha256: String::new(),
         file,
         footprint,
     })
 }
 
+impl Prepared {
+    /// Hashes the model file for the records; reads it whole, so it comes after the checks.
+    pub fn hash(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        self.sha256 = sha256_of(path)?;
+        Ok(())
+    }
+}
+
 fn sha256_of(path: &std::path::Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    let mut file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    std::io::copy(&mut file, &mut hasher).with_context(|| path.display().to_string())?;
     Ok(hasher
         .finalize()
         .iter()
@@ -132,6 +186,13 @@ pub fn run_threads(
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(serde_json::to_string(&spec)?.as_bytes())?;
     }
+    // stdout is drained on its own thread: a report larger than the pipe buffer must not
+    // block the worker while this thread waits for stderr to close.
+    let mut stdout = child.stdout.take().context("worker stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut report = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut report).map(|_| report)
+    });
     let mut errors = Vec::new();
     if let Some(stderr) = child.stderr.take() {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -141,14 +202,20 @@ pub fn run_threads(
             }
         }
     }
-    let output = child.wait_with_output()?;
-    if !output.status.success() {
-        anyhow::bail!(
-            "the benchmark worker ({threads} threads) failed: {}",
+    let status = child.wait()?;
+    let report = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the worker's report failed"))??;
+    if !status.success() {
+        let why = if errors.is_empty() {
+            format!("{status}; a worker killed without a message most often ran out of memory: try a smaller model or quantization")
+        } else {
             errors.join("\n")
-        );
+        };
+        anyhow::bail!("the benchmark worker ({threads} threads) failed: {why}");
     }
-    Ok(serde_json::from_slice(&output.stdout)?)
+    serde_json::from_slice(&report)
+        .with_context(|| format!("the benchmark worker ({threads} threads) returned no report"))
 }
 
 /// One record per test of a worker's report.

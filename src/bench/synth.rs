@@ -163,3 +163,71 @@ pub fn write(
     std::fs::rename(&partial, out)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::model::Model;
+
+    /// A Mixtral-shaped model small enough to run in a test: 4 experts, 2 active.
+    fn tiny_moe() -> ModelSpec {
+        let mut spec = crate::catalog::find("mixtral-8x7b").unwrap().clone();
+        spec.id = "tiny-moe".into();
+        spec.layers = 2;
+        spec.hidden_size = 64;
+        spec.heads = 4;
+        spec.kv_heads = 2;
+        spec.head_dim = 16;
+        spec.ffn_size = 128;
+        spec.vocab_size = 256;
+        spec.experts_total = 4;
+        spec.experts_active = 2;
+        spec
+    }
+
+    #[test]
+    fn a_synthetic_moe_model_has_llama_cpps_merged_expert_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("moe.gguf");
+        let mut last = (0, 0);
+        write(
+            &tiny_moe(),
+            Quant::parse("Q4_0").unwrap(),
+            &path,
+            |done, total| last = (done, total),
+        )
+        .unwrap();
+        assert_eq!(last.0, last.1, "progress reaches the total");
+        let file = crate::gguf::GgufFile::open(&path).unwrap();
+        let experts = file
+            .tensors
+            .iter()
+            .find(|t| t.name == "blk.1.ffn_down_exps.weight")
+            .unwrap();
+        assert_eq!(experts.dims, [128, 64, 4]);
+        assert_eq!(file.arch_u64("expert_used_count"), Some(2));
+        // candle 0.11 reads only the per-expert layout: the bench refuses before loading.
+        let err = crate::bench::session::check_supported("moe.gguf", "llama", true).unwrap_err();
+        assert!(err.to_string().contains("per-expert layout"), "{err}");
+        let loaded = Model::load(&path, &candle_core::Device::Cpu);
+        assert!(
+            loaded.is_err(),
+            "candle learned the merged layout: update check_supported"
+        );
+    }
+
+    #[test]
+    fn schemes_candle_cannot_write_are_refused_with_the_tensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::catalog::find("bitnet-b1.58-2b").unwrap();
+        let err = write(
+            spec,
+            Quant::parse("TQ1_0").unwrap(),
+            &dir.path().join("x.gguf"),
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("candle cannot write"), "{err}");
+        assert!(!dir.path().join("x.gguf").exists());
+    }
+}

@@ -99,15 +99,6 @@ impl ModelSpec {
         self.experts_total > 1
     }
 
-    /// Parameters one token passes through: MoE uses only its active experts.
-    pub fn active_params(&self) -> u64 {
-        if !self.is_moe() {
-            return self.params;
-        }
-        let expert_params = 3 * self.hidden_size * self.ffn_size * self.layers;
-        self.params - expert_params * (self.experts_total - self.experts_active)
-    }
-
     /// The users' first scheme: Tiny < 500M, Small 0.5–1B, Micro 1–3B, Medium 3–10B,
     /// Large 10–30B, XL 30B+.
     pub fn size_class(&self) -> &'static str {
@@ -249,11 +240,15 @@ mod tests {
 
     #[test]
     fn moe_speed_counts_only_active_experts() {
-        let mixtral = find("mixtral-8x7b").unwrap();
+        use crate::estimate::Footprint;
+        let q4 = Quant::parse("Q4_K_M").unwrap();
         // Mixtral: 46.7B total, about 12.9B active.
-        let active = mixtral.active_params() as f64 / 1e9;
+        let mixtral = Footprint::from_catalog(find("mixtral-8x7b").unwrap(), q4);
+        let active = mixtral.active_params as f64 / 1e9;
         assert!((12.5..13.2).contains(&active), "{active}");
-        let dense = find("llama-3-8b").unwrap();
-        assert_eq!(dense.active_params(), dense.params);
+        // Dense: everything but the embedding table is active.
+        let dense = Footprint::from_catalog(find("llama-3-8b").unwrap(), q4);
+        let embedding = 4096 * 128_256;
+        assert_eq!(dense.active_params, dense.params - embedding);
     }
 }

@@ -4,6 +4,7 @@ use super::args::{BenchArgs, SynthArgs};
 use crate::bench::session::{self, SessionPlan};
 use crate::bench::{self, parse_list, synth, test_matrix, WorkerSpec};
 use crate::catalog::{self, Quant};
+use crate::estimate::Footprint;
 use crate::output;
 use crate::probe::{self, BandwidthMode, ProbeOptions};
 use crate::results::{BenchRecord, ResultsFile};
@@ -99,30 +100,9 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
     if tests.is_empty() {
         bail!("no tests: give -p, -n or --pg a length above 0");
     }
-    let (model_path, synthetic) = match (&args.gguf, &args.model) {
-        (Some(path), _) => {
-            if !path.is_file() {
-                bail!("{}: no such file", path.display());
-            }
-            (path.clone(), false)
-        }
-        (None, Some(model)) => {
-            let quant = resolve_quant(args.quant.as_deref().unwrap_or_default())?;
-            let spec = catalog::find(model)?;
-            let path = synthetic_path(&spec.id, quant)?;
-            if !path.is_file() {
-                write_synthetic(&spec.id, quant, &path)?;
-            }
-            (path, true)
-        }
-        (None, None) => bail!("give --gguf FILE or --model ID --quant Q"),
-    };
-    if args.sample && synthetic {
-        bail!("--sample needs real weights: a synthetic model only produces noise");
-    }
-    let plan = SessionPlan {
-        model_path,
-        synthetic,
+    let mut plan = SessionPlan {
+        model_path: PathBuf::new(),
+        synthetic: false,
         tests,
         threads,
         repetitions: args.repetitions.max(1),
@@ -133,7 +113,40 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         device: args.device.clone(),
         force: args.force,
     };
-    let prepared = session::prepare(&plan, &hardware)?;
+    match (&args.gguf, &args.model) {
+        (Some(path), _) => {
+            if !path.is_file() {
+                bail!("{}: no such file", path.display());
+            }
+            plan.model_path = path.clone();
+        }
+        (None, Some(model)) => {
+            let quant = resolve_quant(args.quant.as_deref().unwrap_or_default())?;
+            let spec = catalog::find(model)?;
+            let label = format!("{} {}", spec.id, quant.name);
+            // Check before synthesizing: a twin of a model that cannot run is gigabytes wasted.
+            session::check_supported(&label, &spec.architecture, spec.is_moe())?;
+            session::check_fits(
+                &label,
+                &Footprint::from_catalog(spec, quant),
+                &plan,
+                &hardware,
+            )?;
+            plan.model_path = synthetic_path(&spec.id, quant)?;
+            plan.synthetic = true;
+            if !plan.model_path.is_file() {
+                write_synthetic(&spec.id, quant, &plan.model_path)?;
+            }
+        }
+        (None, None) => bail!("give --gguf FILE or --model ID --quant Q"),
+    }
+    if args.sample && plan.synthetic {
+        bail!("--sample needs real weights: a synthetic model only produces noise");
+    }
+    let mut prepared = session::prepare(&plan, &hardware)?;
+    // Open the results file before the long work: a bad -o fails now, not after minutes.
+    let mut results = ResultsFile::open(&args.output)?;
+    prepared.hash(&plan.model_path)?;
     if args.sample {
         let (prompt, answer) = crate::bench::sample::answer(&plan.model_path, 24)?;
         if answer.is_empty() {
@@ -141,8 +154,6 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         }
         eprintln!("sample: {prompt} → {answer}");
     }
-    // Open the results file before measuring: a bad path fails now, not after minutes.
-    let mut results = ResultsFile::open(&args.output)?;
     let mut records: Vec<BenchRecord> = Vec::new();
     for &threads in &plan.threads {
         let bar = ProgressBar::new_spinner();

@@ -154,7 +154,16 @@ fn efficiencies_for(hardware: &Hardware) -> Efficiencies {
     let dir = std::env::var_os("FITBENCH_RESULTS_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "results".into());
-    estimate::calibrate(&estimate::load_results(&dir), &hardware.name).unwrap_or_default()
+    let (records, problems) = estimate::load_results(&dir);
+    for problem in problems {
+        eprintln!("warning: not calibrating from {problem}");
+    }
+    estimate::calibrate(
+        &records,
+        &hardware.name,
+        hardware.cpu.physical_cores as usize,
+    )
+    .unwrap_or_default()
 }
 
 fn estimate_options(target: &TargetArgs, hardware: &Hardware) -> anyhow::Result<EstimateOptions> {

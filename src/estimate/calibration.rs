@@ -5,12 +5,14 @@
 use super::Efficiencies;
 use crate::results::BenchRecord;
 
-/// Efficiencies corrected by `records` measured on the box named `host` (CPU rows only);
-/// None when there are none.
-pub fn calibrate(records: &[BenchRecord], host: &str) -> Option<Efficiencies> {
+/// Efficiencies corrected by `records` measured on the box named `host`; None when there are
+/// none. Only rows the estimate models are used: CPU, empty context, and `threads` threads
+/// (the estimate assumes every physical core).
+pub fn calibrate(records: &[BenchRecord], host: &str, threads: usize) -> Option<Efficiencies> {
     let mine: Vec<&BenchRecord> = records
         .iter()
-        .filter(|r| r.host == host && r.backend == "cpu" && r.measured_over_predicted > 0.0)
+        .filter(|r| r.host == host && r.backend == "cpu" && r.n_depth == 0)
+        .filter(|r| r.n_threads == threads && r.measured_over_predicted > 0.0)
         .collect();
     let median_ratio = |keep: fn(&BenchRecord) -> bool| {
         let mut ratios: Vec<f64> = mine
@@ -31,6 +33,8 @@ pub fn calibrate(records: &[BenchRecord], host: &str) -> Option<Efficiencies> {
         e.cpu_tg_of_measured *= ratio;
         e.cpu_tg_of_theoretical *= ratio;
         e.cpu_tg_of_peak *= ratio;
+        // The fixed per-layer cost stretches by the same factor, so the whole time scales.
+        e.cpu_seconds_per_layer /= ratio;
     }
     if let Some(ratio) = pp {
         e.cpu_pp_of_peak *= ratio;
@@ -39,18 +43,26 @@ pub fn calibrate(records: &[BenchRecord], host: &str) -> Option<Efficiencies> {
     Some(e)
 }
 
-/// Every row of every `*.csv` in `dir`; files that are not fitbench results are skipped.
-pub fn load_results(dir: &std::path::Path) -> Vec<BenchRecord> {
+/// Every row of every `*.csv` in `dir`, and the files that could not be read, with why.
+pub fn load_results(dir: &std::path::Path) -> (Vec<BenchRecord>, Vec<String>) {
+    let mut records = Vec::new();
+    let mut problems = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return (records, problems);
     };
-    entries
+    let mut paths: Vec<_> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "csv"))
-        .filter_map(|p| crate::results::read(&p).ok())
-        .flatten()
-        .collect()
+        .collect();
+    paths.sort();
+    for path in paths {
+        match crate::results::read(&path) {
+            Ok(rows) => records.extend(rows),
+            Err(err) => problems.push(err.to_string()),
+        }
+    }
+    (records, problems)
 }
 
 #[cfg(test)]
@@ -59,6 +71,7 @@ mod tests {
 
     fn row(host: &str, n_prompt: usize, n_gen: usize, ratio: f64) -> BenchRecord {
         BenchRecord {
+            n_threads: 2,
             host: host.into(),
             backend: "cpu".into(),
             n_prompt,
@@ -77,11 +90,15 @@ mod tests {
             row("box", 512, 0, 0.1),
             row("other", 0, 128, 9.0),
         ];
-        let e = calibrate(&rows, "box").unwrap();
+        let e = calibrate(&rows, "box", 2).unwrap();
         let published = Efficiencies::default();
         assert!((e.cpu_tg_of_measured - published.cpu_tg_of_measured * 0.5).abs() < 1e-12);
         assert!((e.cpu_pp_of_peak - published.cpu_pp_of_peak * 0.1).abs() < 1e-12);
         assert_eq!(e.source, "calibrated from 4 runs on box");
-        assert!(calibrate(&rows, "nobody").is_none());
+        assert!(calibrate(&rows, "nobody", 2).is_none());
+        assert!(
+            calibrate(&rows, "box", 8).is_none(),
+            "rows of another thread count"
+        );
     }
 }

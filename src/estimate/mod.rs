@@ -145,10 +145,11 @@ pub struct Estimate {
 pub const SLOW_TPS: f64 = 5.0;
 
 pub fn estimate(footprint: &Footprint, hardware: &Hardware, options: &EstimateOptions) -> Estimate {
+    // A context beyond the model's own cannot be used, so it is not planned for either.
     let context = options
         .context
         .unwrap_or_else(|| default_context(footprint.max_context))
-        .max(1);
+        .clamp(1, footprint.max_context.max(1));
     let ubatch = options.ubatch.unwrap_or(DEFAULT_UBATCH).clamp(1, context);
     let memory = memory_terms(footprint, context, ubatch, options.kv_type);
     let placement = place(footprint, &memory, hardware, options.cpu_only);
@@ -193,15 +194,16 @@ pub fn memory_terms(
 
 /// K and V for every layer: sliding-window layers keep only their window.
 fn kv_cache_bytes(f: &Footprint, context: u64, kv_type: KvType) -> u64 {
-    let per_position = 2.0 * (f.kv_heads * f.head_dim) as f64 * kv_type.bytes_per_element();
+    let per_position = 2.0 * f.kv_heads as f64 * f.head_dim as f64 * kv_type.bytes_per_element();
     let local = f.sliding_window_layers.min(f.layers);
     let window = if f.sliding_window > 0 {
         f.sliding_window.min(context)
     } else {
         context
     };
-    let positions = (f.layers - local) * context + local * window;
-    (per_position * positions as f64) as u64
+    let positions = (f.layers - local) as f64 * context as f64 + local as f64 * window as f64;
+    // `as` saturates at u64::MAX for absurd shapes, which then "does not fit".
+    (per_position * positions) as u64
 }
 
 fn place(f: &Footprint, memory: &MemoryTerms, hw: &Hardware, cpu_only: bool) -> Placement {
@@ -226,7 +228,7 @@ fn place(f: &Footprint, memory: &MemoryTerms, hw: &Hardware, cpu_only: bool) -> 
     let cpu_placement = || {
         if memory.total_bytes <= ram_budget {
             on_cpu(Fit::FitsInRam)
-        } else if memory.total_bytes <= ram_budget + swap_free {
+        } else if memory.total_bytes <= ram_budget.saturating_add(swap_free) {
             on_cpu(Fit::NeedsSwap)
         } else {
             on_cpu(Fit::DoesNotFit)
@@ -258,7 +260,10 @@ fn place(f: &Footprint, memory: &MemoryTerms, hw: &Hardware, cpu_only: bool) -> 
     let vram_budget = gpu
         .vram_free_bytes
         .saturating_sub(vram_reserve(gpu.vram_total_bytes));
-    let on_gpu = memory.weights_bytes + memory.kv_cache_bytes + memory.compute_bytes;
+    let on_gpu = memory
+        .weights_bytes
+        .saturating_add(memory.kv_cache_bytes)
+        .saturating_add(memory.compute_bytes);
     if on_gpu <= vram_budget && memory.overhead_bytes <= ram_budget {
         return Placement {
             fit: Fit::FitsInVram,
@@ -274,14 +279,14 @@ fn place(f: &Footprint, memory: &MemoryTerms, hw: &Hardware, cpu_only: bool) -> 
     // Partial offload: whole layers (weights and their KV cache) go to the GPU; embeddings,
     // output and the rest stay in RAM, as with llama.cpp's -ngl below the layer count.
     let layer_weights = f.weights_bytes.saturating_sub(f.embedding_and_output_bytes);
-    let per_layer = (layer_weights + memory.kv_cache_bytes) / f.layers.max(1);
+    let per_layer = layer_weights.saturating_add(memory.kv_cache_bytes) / f.layers.max(1);
     let room = vram_budget.saturating_sub(memory.compute_bytes);
     let gpu_layers = room
         .checked_div(per_layer)
         .unwrap_or(0)
         .min(f.layers.saturating_sub(1));
-    let gpu_bytes = gpu_layers * per_layer + memory.compute_bytes;
-    let ram_bytes = memory.total_bytes - gpu_layers * per_layer;
+    let gpu_bytes = (gpu_layers * per_layer).saturating_add(memory.compute_bytes);
+    let ram_bytes = memory.total_bytes.saturating_sub(gpu_layers * per_layer);
     if gpu_layers > 0 && ram_bytes <= ram_budget {
         return Placement {
             fit: Fit::PartialOffload,
@@ -298,7 +303,7 @@ fn place(f: &Footprint, memory: &MemoryTerms, hw: &Hardware, cpu_only: bool) -> 
 }
 
 /// The GPU with the most free memory.
-fn best_gpu(hw: &Hardware) -> Option<&Gpu> {
+pub(super) fn best_gpu(hw: &Hardware) -> Option<&Gpu> {
     hw.gpus.iter().max_by_key(|g| g.vram_free_bytes)
 }
 

@@ -3,7 +3,7 @@
 //! docs/estimates.md gives their sources. A bench run on a box will replace them for it.
 
 use super::footprint::Footprint;
-use super::{Fit, Placement};
+use super::Placement;
 use crate::probe::Hardware;
 use serde::Serialize;
 
@@ -77,19 +77,21 @@ pub fn predict(f: &Footprint, p: &Placement, hw: &Hardware, e: &Efficiencies) ->
     let cpu_tg_compute = cpu_ops * e.cpu_tg_of_peak / flops_per_token;
     let cpu_pp = cpu_ops * e.cpu_pp_of_peak / flops_per_token;
 
-    let gpu = hw.gpus.iter().max_by_key(|g| g.vram_free_bytes);
     let (tg_tps, pp_tps, bandwidth_gbs, bandwidth_source, tg_bound, compute) =
-        match (p.backend, gpu) {
-            ("cuda" | "metal", Some(gpu)) if p.fit != Fit::DoesNotFit => {
+        match (p.backend, super::best_gpu(hw)) {
+            ("cuda" | "metal", Some(gpu)) => {
                 let (tg_eff, pp_eff) = if p.backend == "metal" {
                     (e.metal_tg_of_bandwidth, e.metal_pp_of_fp32)
                 } else {
                     (e.cuda_tg_of_bandwidth, e.cuda_pp_of_fp32)
                 };
-                let gpu_bw = gpu
+                let (gpu_bw, gpu_bw_source) = match gpu
                     .bandwidth_gbs
                     .or(hw.memory.bandwidth_gbs.filter(|_| gpu.unified_memory))
-                    .unwrap_or(cpu_bw);
+                {
+                    Some(bw) => (bw, "theoretical"),
+                    None => (cpu_bw, cpu_bw_source),
+                };
                 // Without a TFLOPS figure, assume prompts run 30× faster than generation,
                 // the ratio llama.cpp's CUDA results show for 7B models.
                 let gpu_ops = gpu.fp32_tflops.map(|t| t * 1e12 * pp_eff);
@@ -106,7 +108,7 @@ pub fn predict(f: &Footprint, p: &Placement, hw: &Hardware, e: &Efficiencies) ->
                     tg,
                     512.0 / batch_time,
                     gpu_bw,
-                    "theoretical",
+                    gpu_bw_source,
                     "bandwidth",
                     gpu_ops.unwrap_or(0.0) / 1e9,
                 )

@@ -20,6 +20,9 @@ const MAX_DIMS: u32 = 4;
 /// Arrays longer than this (vocabularies, merges) keep only their length; the estimator needs
 /// no token text, and reading 262k strings into memory would make `inspect` slow.
 const MAX_KEPT_ARRAY_LEN: u64 = 64;
+/// No real key, name or value comes near this; a larger claim is corruption, and believing it
+/// would allocate gigabytes from a damaged 30 GB file.
+const MAX_STRING_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {problem}\nhint: {hint}", path.display())]
@@ -341,12 +344,13 @@ impl<R: Read + Seek> Reader<'_, R> {
 
     fn string_len(&mut self, what: &str) -> Result<u64, GgufError> {
         let len = self.u64(what)?;
-        if len > self.remaining() {
+        if len > self.remaining() || len > MAX_STRING_BYTES {
             return Err(self.error(
                 format!(
-                    "{what} at byte {} claims {len} bytes, but only {} are left in the file",
+                    "{what} at byte {} claims {len} bytes; {} are left in the file and no GGUF string exceeds {} MiB",
                     self.pos - 8,
-                    self.remaining()
+                    self.remaining(),
+                    MAX_STRING_BYTES >> 20
                 ),
                 HINT_CORRUPT,
             ));

@@ -193,7 +193,7 @@ fn select(catalog: &[Sized], hw: &Hardware, plan: &Plan, options: &RecommendOpti
     });
     let (viable, dominated) = drop_dominated(viable);
     // Only what would have made the list is worth explaining; lighter duplicates are not.
-    let shown_dominated = options.top.max(1) + 3;
+    let shown_dominated = options.top.max(1).saturating_add(3);
     rejected.extend(
         dominated
             .into_iter()
@@ -455,8 +455,11 @@ fn upgrades(
     const GIB: u64 = 1 << 30;
     let mut steps: Vec<(String, Hardware)> = Vec::new();
     let mut more_ram = hw.clone();
-    more_ram.memory.total_bytes *= 2;
-    more_ram.memory.available_bytes += hw.memory.total_bytes;
+    more_ram.memory.total_bytes = hw.memory.total_bytes.saturating_mul(2);
+    more_ram.memory.available_bytes = hw
+        .memory
+        .available_bytes
+        .saturating_add(hw.memory.total_bytes);
     steps.push((
         format!("2× the RAM ({})", format_bytes(more_ram.memory.total_bytes)),
         more_ram,

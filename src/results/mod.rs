@@ -92,12 +92,8 @@ pub enum ResultsError {
     },
     #[error("{path}: its header is not fitbench's results schema {SCHEMA_VERSION}; nothing was written\nhint: write to a new file with -o results/NEW.csv")]
     OtherSchema { path: String },
-    #[error("{path}: line {line}: {message}\nhint: the file was edited or is not a fitbench results file")]
-    Parse {
-        path: String,
-        line: u64,
-        message: String,
-    },
+    #[error("{path}: {message}\nhint: the file was edited or is not a fitbench results file")]
+    Parse { path: String, message: String },
 }
 
 /// An open results file that rows are appended to, one whole line per write.
@@ -135,8 +131,14 @@ impl ResultsFile {
                 return Err(ResultsError::OtherSchema { path: name });
             }
             if !text.ends_with('\n') {
-                let keep = text.rfind('\n').map_or(0, |i| i + 1);
-                file.set_len(keep as u64).map_err(io)?;
+                match text.rfind('\n') {
+                    Some(i) => file.set_len(i as u64 + 1).map_err(io)?,
+                    // Only the header, without its newline: finish it.
+                    None => {
+                        file.seek(SeekFrom::End(0)).map_err(io)?;
+                        file.write_all(b"\n").map_err(io)?;
+                    }
+                }
             }
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
@@ -172,9 +174,9 @@ pub fn read(path: &Path) -> Result<Vec<BenchRecord>, ResultsError> {
     reader
         .deserialize()
         .map(|row| {
+            // csv's message already says the line when it knows it.
             row.map_err(|e| ResultsError::Parse {
                 path: name.clone(),
-                line: e.position().map_or(0, |p| p.line()),
                 message: e.to_string(),
             })
         })
