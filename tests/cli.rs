@@ -174,7 +174,11 @@ fn no_arguments_recommends_for_this_box() {
     let output = fitbench(&[]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
-    assert!(text.contains("fitbench recommends for"), "{text}");
+    // The same defaults as `fitbench recommend`.
+    assert!(text.contains("chat task, at least 2.0 tok/s"), "{text}");
+    let explicit = stdout(&fitbench(&["recommend"]));
+    let first_line = |t: &str| t.lines().next().unwrap_or("").to_string();
+    assert_eq!(first_line(&text), first_line(&explicit));
     assert!(
         text.contains("RAM?") && text.contains("Upgrade path"),
         "{text}"

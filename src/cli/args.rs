@@ -148,7 +148,10 @@ pub struct TargetArgs {
     pub cpu_only: bool,
 }
 
-#[derive(Debug, Args, Default)]
+/// How many picks `recommend` shows unless told.
+const DEFAULT_TOP: usize = 5;
+
+#[derive(Debug, Args)]
 pub struct RecommendArgs {
     /// Answer for a profile (name or TOML path) instead of this box.
     #[arg(long, value_name = "NAME|FILE")]
@@ -169,7 +172,7 @@ pub struct RecommendArgs {
     #[arg(long)]
     pub cpu_only: bool,
     /// How many picks to show.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_TOP, value_name = "N")]
     pub top: usize,
     /// Print JSON (fields in docs/recommend.md).
     #[arg(long, conflicts_with = "markdown")]
@@ -177,6 +180,23 @@ pub struct RecommendArgs {
     /// Print Markdown, for an issue or a README.
     #[arg(long)]
     pub markdown: bool,
+}
+
+/// `fitbench` with no command: the same defaults as `fitbench recommend`.
+impl Default for RecommendArgs {
+    fn default() -> RecommendArgs {
+        RecommendArgs {
+            profile: None,
+            task: Task::default(),
+            ctx: None,
+            min_tps: DEFAULT_MIN_TPS,
+            license: LicenseFilter::default(),
+            cpu_only: false,
+            top: DEFAULT_TOP,
+            json: false,
+            markdown: false,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
