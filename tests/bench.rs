@@ -14,6 +14,16 @@ fn bench(dir: &Path, args: &[&str]) -> Output {
     fitbench_in(dir, None, &all)
 }
 
+/// The `sample: PROMPT → ANSWER` line `--sample` prints on stderr.
+fn sample_line(output: &Output) -> String {
+    assert!(output.status.success(), "{}", stderr(output));
+    stderr(output)
+        .lines()
+        .find(|l| l.starts_with("sample: "))
+        .expect("a sample line")
+        .to_string()
+}
+
 /// The column names docs/results-schema.md documents, in order.
 fn documented_columns() -> Vec<String> {
     let doc = std::fs::read_to_string(
@@ -53,12 +63,7 @@ fn bench_on_real_weights_writes_rows_with_every_documented_column() {
             csv.to_str().unwrap(),
         ],
     );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let err = stderr(&output);
-    let sample = err
-        .lines()
-        .find(|l| l.starts_with("sample: "))
-        .expect("a sample line");
+    let sample = sample_line(&output);
     assert!(sample.contains("Paris"), "{sample}");
 
     let header = std::fs::read_to_string(&csv)
@@ -123,12 +128,7 @@ fn bench_samples_gemma_with_its_sentencepiece_vocabulary() {
             csv.to_str().unwrap(),
         ],
     );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let err = stderr(&output);
-    let sample = err
-        .lines()
-        .find(|l| l.starts_with("sample: "))
-        .expect("a sample line");
+    let sample = sample_line(&output);
     let answer = sample.split('→').nth(1).unwrap_or("").trim();
     // A base model continues the sentence: real words, not byte soup.
     let words = answer

@@ -64,14 +64,12 @@ impl TestSpec {
     }
 }
 
-/// What one worker process measures: every test at one thread count.
+/// How to measure: the same for every thread count of a session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerSpec {
-    pub model_path: PathBuf,
-    pub vocab_size: u32,
+pub struct RunSettings {
     pub tests: Vec<TestSpec>,
-    pub threads: usize,
     pub repetitions: usize,
+    /// Upper bound on repetitions while `target_ci` is not met.
     pub max_repetitions: usize,
     /// Stop repeating once the 95% CI half-width is below this share of the mean.
     pub target_ci: Option<f64>,
@@ -79,6 +77,15 @@ pub struct WorkerSpec {
     pub seed: u64,
     /// `cpu`, `cuda:N` or `metal:N`.
     pub device: String,
+}
+
+/// What one worker process measures: every test at one thread count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub model_path: PathBuf,
+    pub vocab_size: u32,
+    pub threads: usize,
+    pub run: RunSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

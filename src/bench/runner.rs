@@ -64,14 +64,14 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 }
 
 pub fn run_worker(spec: &WorkerSpec) -> anyhow::Result<WorkerReport> {
-    let device = device(&spec.device)?;
+    let device = device(&spec.run.device)?;
     let cache_share = monitor::page_cache_share(&spec.model_path);
     let started = Instant::now();
     let mut model = Model::load(&spec.model_path, &device)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let mut rng = SplitMix64(spec.seed);
+    let mut rng = SplitMix64(spec.run.seed);
     let mut tests = Vec::new();
-    for test in &spec.tests {
+    for test in &spec.run.tests {
         tests.push(run_test(&mut model, &device, test, spec, &mut rng)?);
     }
     Ok(WorkerReport {
@@ -103,12 +103,12 @@ fn run_test(
     rng: &mut SplitMix64,
 ) -> anyhow::Result<TestRun> {
     let name = test.name();
-    for i in 0..spec.warmup {
+    for i in 0..spec.run.warmup {
         progress(&format!(
             "{name} t{} warm-up {}/{}",
             spec.threads,
             i + 1,
-            spec.warmup
+            spec.run.warmup
         ));
         one_rep(model, device, test, spec.vocab_size, rng)?;
     }
@@ -122,14 +122,14 @@ fn run_test(
         reps.push(rep);
         watch.sample();
         let n = reps.len();
-        let converged = match spec.target_ci {
+        let converged = match spec.run.target_ci {
             Some(target) => {
                 let s = summarize(&samples);
                 s.ci95_halfwidth <= target * s.mean
             }
             None => true,
         };
-        if n >= spec.max_repetitions || (n >= spec.repetitions && converged) {
+        if n >= spec.run.max_repetitions || (n >= spec.run.repetitions && converged) {
             break;
         }
     }

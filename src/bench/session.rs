@@ -1,7 +1,7 @@
 //! A bench session: checks the model will fit, then runs one worker process per thread count
 //! and turns what they measured into result records, each beside its estimate.
 
-use super::{TestSpec, WorkerReport, WorkerSpec};
+use super::{RunSettings, TestSpec, WorkerReport, WorkerSpec};
 use crate::estimate::{self, EstimateOptions, Fit, Footprint};
 use crate::gguf::GgufFile;
 use crate::output::format_bytes;
@@ -18,14 +18,8 @@ use std::process::{Command, Stdio};
 pub struct SessionPlan {
     pub model_path: PathBuf,
     pub synthetic: bool,
-    pub tests: Vec<TestSpec>,
     pub threads: Vec<usize>,
-    pub repetitions: usize,
-    pub max_repetitions: usize,
-    pub target_ci: Option<f64>,
-    pub warmup: usize,
-    pub seed: u64,
-    pub device: String,
+    pub run: RunSettings,
     /// Run even when the estimate says the model would not fit.
     pub force: bool,
 }
@@ -63,6 +57,7 @@ pub fn check_fits(
     let arch = footprint.architecture.as_str();
     // candle runs the whole prompt as one batch, so the batch is the longest prompt.
     let context = plan
+        .run
         .tests
         .iter()
         .map(TestSpec::context)
@@ -70,6 +65,7 @@ pub fn check_fits(
         .unwrap_or(1)
         .max(1);
     let ubatch = plan
+        .run
         .tests
         .iter()
         .map(|t| t.n_prompt)
@@ -93,12 +89,12 @@ pub fn check_fits(
         &EstimateOptions {
             context: Some(context as u64),
             ubatch: Some(ubatch as u64),
-            cpu_only: plan.device == "cpu",
+            cpu_only: plan.run.device == "cpu",
             ..EstimateOptions::default()
         },
     );
     // candle puts the whole model on the device it runs on: a GPU run needs it all in VRAM.
-    let (fits, budget, memory) = if plan.device != "cpu" {
+    let (fits, budget, memory) = if plan.run.device != "cpu" {
         (
             estimate.placement.fit == Fit::FitsInVram,
             estimate.placement.vram_budget_bytes,
@@ -166,14 +162,9 @@ pub fn run_threads(
     let spec = WorkerSpec {
         model_path: plan.model_path.clone(),
         vocab_size: prepared.footprint.vocab_size.clamp(1, u64::from(u32::MAX)) as u32,
-        tests: plan.tests.clone(),
+
         threads,
-        repetitions: plan.repetitions,
-        max_repetitions: plan.max_repetitions.max(plan.repetitions),
-        target_ci: plan.target_ci,
-        warmup: plan.warmup,
-        seed: plan.seed,
-        device: plan.device.clone(),
+        run: plan.run.clone(),
     };
     let mut child = Command::new(std::env::current_exe()?)
         .arg("bench-worker")
@@ -241,7 +232,7 @@ pub fn records(
                 &EstimateOptions {
                     context: Some(t.context().max(1) as u64),
                     ubatch: Some(t.n_prompt.max(1) as u64),
-                    cpu_only: plan.device == "cpu",
+                    cpu_only: plan.run.device == "cpu",
                     ..EstimateOptions::default()
                 },
             );
@@ -268,7 +259,7 @@ pub fn records(
                 candle_version: option_env!("FITBENCH_CANDLE_VERSION")
                     .unwrap_or("unknown")
                     .into(),
-                backend: plan.device.split(':').next().unwrap_or("cpu").into(),
+                backend: plan.run.device.split(':').next().unwrap_or("cpu").into(),
                 model_filename: plan
                     .model_path
                     .file_name()
@@ -286,8 +277,8 @@ pub fn records(
                 n_depth: t.n_depth,
                 n_threads: report.threads,
                 repetitions: run.samples_ts.len(),
-                warmup: plan.warmup,
-                seed: plan.seed,
+                warmup: plan.run.warmup,
+                seed: plan.run.seed,
                 avg_ts: summary.mean,
                 stddev_ts: summary.stddev,
                 median_ts: summary.median,

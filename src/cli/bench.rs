@@ -2,7 +2,7 @@
 
 use super::args::{BenchArgs, SynthArgs};
 use crate::bench::session::{self, SessionPlan};
-use crate::bench::{self, parse_list, synth, test_matrix, WorkerSpec};
+use crate::bench::{self, parse_list, synth, test_matrix, RunSettings, WorkerSpec};
 use crate::catalog::{self, Quant};
 use crate::estimate::Footprint;
 use crate::output;
@@ -100,17 +100,20 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
     if tests.is_empty() {
         bail!("no tests: give -p, -n or --pg a length above 0");
     }
+    let repetitions = args.repetitions.max(1);
     let mut plan = SessionPlan {
         model_path: PathBuf::new(),
         synthetic: false,
-        tests,
         threads,
-        repetitions: args.repetitions.max(1),
-        max_repetitions: args.max_repetitions,
-        target_ci: args.target_ci.as_deref().map(percent).transpose()?,
-        warmup: args.warmup,
-        seed: args.seed,
-        device: args.device.clone(),
+        run: RunSettings {
+            tests,
+            repetitions,
+            max_repetitions: args.max_repetitions.max(repetitions),
+            target_ci: args.target_ci.as_deref().map(percent).transpose()?,
+            warmup: args.warmup,
+            seed: args.seed,
+            device: args.device.clone(),
+        },
         force: args.force,
     };
     match (&args.gguf, &args.model) {
