@@ -13,5 +13,6 @@ pub mod output;
 pub mod probe;
 pub mod profiles;
 pub mod recommend;
+pub mod report;
 pub mod results;
 pub mod scan;

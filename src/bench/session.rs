@@ -243,6 +243,8 @@ pub fn records(
             BenchRecord {
                 schema_version: SCHEMA_VERSION,
                 timestamp: rfc3339(now),
+                spec_name: String::new(),
+                spec_hash: String::new(),
                 host: hw.name.clone(),
                 cpu_model: hw.cpu.model.clone(),
                 cpu_arch: hw.cpu.arch.clone(),
@@ -254,6 +256,12 @@ pub fn records(
                     .collect::<Vec<_>>()
                     .join("; "),
                 ram_total_bytes: hw.memory.total_bytes,
+                vram_total_bytes: hw
+                    .gpus
+                    .iter()
+                    .map(|g| g.vram_total_bytes)
+                    .max()
+                    .unwrap_or(0),
                 fitbench_version: env!("CARGO_PKG_VERSION").into(),
                 fitbench_commit: option_env!("FITBENCH_COMMIT").unwrap_or("unknown").into(),
                 candle_version: option_env!("FITBENCH_CANDLE_VERSION")

@@ -36,6 +36,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a GGUF with random weights of exactly a catalog model's shapes.
     Synth(SynthArgs),
+    /// Charts (PNG, SVG) and a Markdown report from results files, one box or many.
+    Report(ReportArgs),
     /// Internal: one bench worker process (reads its spec as JSON on stdin).
     #[command(hide = true)]
     BenchWorker,
@@ -113,6 +115,25 @@ pub struct BenchArgs {
     pub json: bool,
     #[arg(long)]
     pub markdown: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Results files written by `fitbench bench` or `fitbench run`.
+    #[arg(required = true, value_name = "RESULTS.csv")]
+    pub inputs: Vec<std::path::PathBuf>,
+    /// Folder for report.md and the charts [default: reports/ and the first file's name].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+    /// Chart formats, comma-separated: png, svg.
+    #[arg(long, default_value = "png,svg", value_name = "FORMAT,...")]
+    pub format: String,
+    /// The report's title.
+    #[arg(long, default_value = "fitbench report")]
+    pub title: String,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use super::args::{
     Cli, Command, EstimateArgs, InspectArgs, ModelsArgs, ProbeArgs, ProfilesArgs, RecommendArgs,
-    ScanArgs, TargetArgs,
+    ReportArgs, ScanArgs, TargetArgs,
 };
 use crate::catalog::{self, Quant};
 use crate::estimate::{self, Efficiencies, EstimateOptions, Footprint, KvType};
@@ -11,6 +11,7 @@ use crate::output;
 use crate::probe::{self, BandwidthMode, Hardware, ProbeOptions};
 use crate::profiles;
 use crate::recommend::{self, RecommendOptions};
+use crate::report;
 use crate::scan;
 use anyhow::bail;
 use serde::Serialize;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Scan(args)) => scan_command(args),
         Some(Command::Bench(args)) => super::bench::bench_command(args),
         Some(Command::Synth(args)) => super::bench::synth_command(args),
+        Some(Command::Report(args)) => report_command(args),
         Some(Command::BenchWorker) => super::bench::bench_worker_command(),
     }
 }
@@ -276,5 +278,41 @@ fn scan_command(args: ScanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{}", output::scan_table(&rows, &hardware));
+    Ok(())
+}
+
+fn report_command(args: ReportArgs) -> anyhow::Result<()> {
+    let formats = args
+        .format
+        .split(',')
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            report::Format::parse(f).ok_or_else(|| {
+                anyhow::anyhow!("--format {f}: unknown chart format; use png, svg or png,svg")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        let stem = args.inputs[0]
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "report".into());
+        std::path::Path::new("reports").join(stem)
+    });
+    let written = report::generate(
+        &args.inputs,
+        &report::ReportOptions {
+            out_dir,
+            formats,
+            title: args.title,
+        },
+    )?;
+    for bad in &written.bad_rows {
+        eprintln!("warning: row skipped: {bad}");
+    }
+    if args.json {
+        return print_json(&written);
+    }
+    println!("{}", output::report_table(&written));
     Ok(())
 }

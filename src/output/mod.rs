@@ -4,6 +4,7 @@ mod bench;
 mod hardware;
 mod model;
 mod recommend;
+mod report;
 
 pub use bench::{bench_markdown, bench_table};
 pub use hardware::{hardware_table, profiles_table};
@@ -12,6 +13,7 @@ pub use model::{
     tensors_table, FileSummary,
 };
 pub use recommend::{recommendation_markdown, recommendation_text};
+pub use report::report_table;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
 

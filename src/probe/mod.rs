@@ -202,7 +202,12 @@ pub fn probe(options: ProbeOptions) -> anyhow::Result<Hardware> {
         .map(|c| c.brand().trim().to_string())
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| "unknown".into());
-    let host = System::host_name().unwrap_or_else(|| "this-box".into());
+    // Fleets name their boxes ("pi4-kitchen"); results and calibration key on this name.
+    let host = std::env::var("FITBENCH_HOST")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(System::host_name)
+        .unwrap_or_else(|| "this-box".into());
     let cache_key = format!("{host}|{cpu_model}|{total_bytes}");
     let measure = || {
         let llc_kib = cache.l3_kib.or(cache.l2_kib);

@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Columns schema 2 added; a schema 1 file reads with these empty.
+const ADDED_IN_2: [&str; 3] = ["spec_name", "spec_hash", "vram_total_bytes"];
 
 /// One measured test configuration, with everything needed to reproduce and compare it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -13,12 +16,21 @@ pub struct BenchRecord {
     pub schema_version: u32,
     /// UTC, RFC 3339.
     pub timestamp: String,
+    /// The `fitbench run` spec this row belongs to; empty for `fitbench bench`.
+    #[serde(default)]
+    pub spec_name: String,
+    /// sha256 of the spec file's bytes, so a changed spec is visible.
+    #[serde(default)]
+    pub spec_hash: String,
     pub host: String,
     pub cpu_model: String,
     pub cpu_arch: String,
     pub cpu_simd: String,
     pub gpu: String,
     pub ram_total_bytes: u64,
+    /// VRAM of the largest GPU; 0 without one.
+    #[serde(default)]
+    pub vram_total_bytes: u64,
     pub fitbench_version: String,
     pub fitbench_commit: String,
     pub candle_version: String,
@@ -94,6 +106,31 @@ pub enum ResultsError {
     OtherSchema { path: String },
     #[error("{path}: {message}\nhint: the file was edited or is not a fitbench results file")]
     Parse { path: String, message: String },
+    #[error("{path}: the file is empty\nhint: give a results file written by `fitbench bench` or `fitbench run`")]
+    Empty { path: String },
+    #[error("{path}: missing column{plural} {columns}\nhint: this is not a fitbench results file, or it was edited; `fitbench bench -o` writes complete ones", plural = if columns.contains(',') { "s" } else { "" })]
+    MissingColumns { path: String, columns: String },
+}
+
+/// A row that could not be read, by its line in the file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BadRow {
+    pub path: String,
+    pub line: u64,
+    pub message: String,
+}
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path, self.line, self.message)
+    }
+}
+
+/// What a results file held: the rows that read, and the ones that did not.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub records: Vec<BenchRecord>,
+    pub bad_rows: Vec<BadRow>,
 }
 
 /// An open results file that rows are appended to, one whole line per write.
@@ -164,23 +201,102 @@ impl ResultsFile {
     }
 }
 
-/// Reads every row of a results file.
+/// Reads every row of a results file; any unreadable row is an error.
 pub fn read(path: &Path) -> Result<Vec<BenchRecord>, ResultsError> {
+    let loaded = load(path)?;
+    match loaded.bad_rows.into_iter().next() {
+        Some(bad) => Err(ResultsError::Parse {
+            path: bad.path,
+            message: format!("line {}: {}", bad.line, bad.message),
+        }),
+        None => Ok(loaded.records),
+    }
+}
+
+/// Reads a results file of any schema this version knows, keeping the good rows when some
+/// are bad. Whole-file problems (not text, no header, missing columns) are errors.
+pub fn load(path: &Path) -> Result<Loaded, ResultsError> {
     let name = path.display().to_string();
-    let mut reader = csv::Reader::from_path(path).map_err(|e| ResultsError::Io {
+    let parse = |message: String| ResultsError::Parse {
         path: name.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    reader
-        .deserialize()
-        .map(|row| {
-            // csv's message already says the line when it knows it.
-            row.map_err(|e| ResultsError::Parse {
-                path: name.clone(),
-                message: e.to_string(),
-            })
-        })
-        .collect()
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| ResultsError::Io {
+            path: name.clone(),
+            source: std::io::Error::other(e),
+        })?;
+    let headers = match reader.headers() {
+        Ok(h) if h.iter().all(str::is_empty) => {
+            return Err(ResultsError::Empty { path: name.clone() })
+        }
+        Ok(h) => h.clone(),
+        Err(e) if matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) => {
+            return Err(parse("this is not a CSV text file".into()))
+        }
+        Err(e) => return Err(parse(e.to_string())),
+    };
+    let missing: Vec<String> = header()
+        .split(',')
+        .filter(|c| !ADDED_IN_2.contains(c) && !headers.iter().any(|h| h == *c))
+        .map(str::to_string)
+        .collect();
+    if missing.len() == header().split(',').count() - ADDED_IN_2.len() {
+        return Err(parse(
+            "no fitbench results header (schema_version, timestamp, host, ...)".into(),
+        ));
+    }
+    if !missing.is_empty() {
+        return Err(ResultsError::MissingColumns {
+            path: name.clone(),
+            columns: missing.join(", "),
+        });
+    }
+    let mut loaded = Loaded::default();
+    for row in reader.records() {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                loaded.bad_rows.push(BadRow {
+                    path: name.clone(),
+                    line,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let line = row.position().map_or(0, |p| p.line());
+        let bad = |message: String| BadRow {
+            path: name.clone(),
+            line,
+            message,
+        };
+        match row.deserialize::<BenchRecord>(Some(&headers)) {
+            Ok(record) if record.schema_version > SCHEMA_VERSION => loaded.bad_rows.push(bad(
+                format!(
+                    "written with results schema {}, newer than this fitbench's {SCHEMA_VERSION}; upgrade fitbench to read it",
+                    record.schema_version
+                ),
+            )),
+            Ok(record) => loaded.records.push(record),
+            Err(e) => loaded.bad_rows.push(bad(field_error(&e, &headers))),
+        }
+    }
+    Ok(loaded)
+}
+
+/// csv's deserialize error, with the column named rather than numbered.
+fn field_error(error: &csv::Error, headers: &csv::StringRecord) -> String {
+    if let csv::ErrorKind::Deserialize { err, .. } = error.kind() {
+        if let Some(column) = err.field().and_then(|i| headers.get(i as usize)) {
+            return format!("column `{column}`: {}", err.kind());
+        }
+        return err.kind().to_string();
+    }
+    error.to_string()
 }
 
 /// Seconds since the epoch as RFC 3339 UTC, without a date crate (Howard Hinnant's
