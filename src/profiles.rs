@@ -153,21 +153,21 @@ fn implausible(hw: &Hardware) -> Option<(&'static str, String)> {
 }
 
 /// The line where `field`'s last key is set, for an error that points at it.
-fn line_of(text: &str, field: &str) -> usize {
+pub(crate) fn line_of(text: &str, field: &str) -> usize {
     let key = field.rsplit('.').next().unwrap_or(field);
     text.lines()
         .position(|l| l.trim_start().starts_with(key))
         .map_or(1, |i| i + 1)
 }
 
-fn error_line(text: &str, err: &toml::de::Error) -> usize {
+pub(crate) fn error_line(text: &str, err: &toml::de::Error) -> usize {
     err.span()
         .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
         .unwrap_or(1)
 }
 
 /// toml's message repeats the source line with a caret; the field and line already say where.
-fn first_line(err: &toml::de::Error) -> String {
+pub(crate) fn first_line(err: &toml::de::Error) -> String {
     err.message()
         .lines()
         .next()

@@ -6,7 +6,7 @@
 //! worker process (`fitbench bench-worker`), which also gives each its own peak RSS.
 
 pub mod model;
-mod monitor;
+pub mod monitor;
 mod runner;
 pub mod sample;
 pub mod session;

@@ -139,9 +139,14 @@ impl Prepared {
         self.sha256 = sha256_of(path)?;
         Ok(())
     }
+
+    /// Uses a hash already computed (a spec's sha256 check read the file once).
+    pub fn set_hash(&mut self, sha256: String) {
+        self.sha256 = sha256;
+    }
 }
 
-fn sha256_of(path: &std::path::Path) -> anyhow::Result<String> {
+pub fn sha256_of(path: &std::path::Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     let mut file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
     std::io::copy(&mut file, &mut hasher).with_context(|| path.display().to_string())?;

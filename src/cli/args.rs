@@ -36,6 +36,12 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a GGUF with random weights of exactly a catalog model's shapes.
     Synth(SynthArgs),
+    /// Run a benchmark suite from a spec file; resumes where an earlier run stopped.
+    Run(RunArgs),
+    /// Compare two results files configuration by configuration: ratios and significance.
+    Compare(CompareArgs),
+    /// Merge results files into one, checking schemas and dropping duplicate rows.
+    Merge(MergeArgs),
     /// Charts (PNG, SVG) and a Markdown report from results files, one box or many.
     Report(ReportArgs),
     /// Internal: one bench worker process (reads its spec as JSON on stdin).
@@ -115,6 +121,51 @@ pub struct BenchArgs {
     pub json: bool,
     #[arg(long)]
     pub markdown: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The suite's spec (docs/specs.md; specs/example.toml).
+    #[arg(value_name = "SPEC.toml")]
+    pub spec: std::path::PathBuf,
+    /// Results file [default: results/SPEC-NAME.csv].
+    #[arg(short = 'o', long)]
+    pub output: Option<std::path::PathBuf>,
+    /// Require rows of this spec in the results file and run only what they lack (what a
+    /// run does anyway when it finds them).
+    #[arg(long)]
+    pub resume: bool,
+    /// Run even when the estimate says a model would need swap.
+    #[arg(long)]
+    pub force: bool,
+    /// Print this run's rows as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline.
+    #[arg(value_name = "A.csv")]
+    pub baseline: std::path::PathBuf,
+    /// The results compared with it: ratios are B/A.
+    #[arg(value_name = "B.csv")]
+    pub candidate: std::path::PathBuf,
+    /// Print JSON (fields in docs/specs.md).
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Results files, of any schema fitbench reads.
+    #[arg(required = true, value_name = "RESULTS.csv")]
+    pub inputs: Vec<std::path::PathBuf>,
+    /// The merged file; rows it already holds are not written twice.
+    #[arg(short = 'o', long, value_name = "FILE.csv")]
+    pub output: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

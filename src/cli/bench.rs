@@ -24,14 +24,18 @@ fn resolve_quant(name: &str) -> anyhow::Result<Quant> {
 }
 
 /// The cached synthetic twin of a catalog model, written on first use.
-fn synthetic_path(model: &str, quant: Quant) -> anyhow::Result<PathBuf> {
+pub(super) fn synthetic_path(model: &str, quant: Quant) -> anyhow::Result<PathBuf> {
     let dir = crate::cache::cache_dir().context("no cache folder: set FITBENCH_CACHE_DIR")?;
     Ok(dir
         .join("synthetic")
         .join(format!("{model}-{}.gguf", quant.name)))
 }
 
-fn write_synthetic(model: &str, quant: Quant, out: &std::path::Path) -> anyhow::Result<()> {
+pub(super) fn write_synthetic(
+    model: &str,
+    quant: Quant,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
     let spec = catalog::find(model)?;
     let bar = ProgressBar::new(spec.params);
     bar.set_style(

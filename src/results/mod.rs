@@ -102,7 +102,7 @@ pub enum ResultsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: its header is not fitbench's results schema {SCHEMA_VERSION}; nothing was written\nhint: write to a new file with -o results/NEW.csv")]
+    #[error("{path}: its header is not fitbench's results schema {SCHEMA_VERSION}; nothing was written\nhint: write to a new file with -o results/NEW.csv; `fitbench merge OLD.csv -o NEW.csv` carries an older file's rows into this schema")]
     OtherSchema { path: String },
     #[error("{path}: {message}\nhint: the file was edited or is not a fitbench results file")]
     Parse { path: String, message: String },
@@ -299,6 +299,63 @@ fn field_error(error: &csv::Error, headers: &csv::StringRecord) -> String {
     error.to_string()
 }
 
+/// What `merge` did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MergeSummary {
+    pub rows_read: usize,
+    pub rows_written: usize,
+    /// Rows identical to one already kept (in the output or an earlier input).
+    pub duplicates: usize,
+}
+
+/// One row as the line this version writes: the identity `merge` de-duplicates by.
+fn csv_line(record: &BenchRecord) -> String {
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    let _ = writer.serialize(record);
+    String::from_utf8_lossy(&writer.into_inner().unwrap_or_default()).into_owned()
+}
+
+/// Appends every row of `inputs` to `output` in this schema, skipping rows identical to one
+/// already there. An input with an unreadable row is refused before anything is written.
+pub fn merge(inputs: &[std::path::PathBuf], output: &Path) -> Result<MergeSummary, ResultsError> {
+    let mut incoming = Vec::new();
+    for path in inputs {
+        let loaded = load(path)?;
+        if let Some(bad) = loaded.bad_rows.first() {
+            return Err(ResultsError::Parse {
+                path: bad.path.clone(),
+                message: format!(
+                    "line {}: {} ({} unreadable row(s)); nothing was merged\nhint: fix or delete those lines, or report the file to see which rows read",
+                    bad.line,
+                    bad.message,
+                    loaded.bad_rows.len()
+                ),
+            });
+        }
+        incoming.extend(loaded.records);
+    }
+    let mut file = ResultsFile::open(output)?;
+    let mut seen: std::collections::HashSet<String> = read(output)?.iter().map(csv_line).collect();
+    let mut summary = MergeSummary {
+        rows_read: incoming.len(),
+        rows_written: 0,
+        duplicates: 0,
+    };
+    for mut record in incoming {
+        // An older row gains the new columns, empty: it now is a row of this schema.
+        record.schema_version = SCHEMA_VERSION;
+        if seen.insert(csv_line(&record)) {
+            file.append(&record)?;
+            summary.rows_written += 1;
+        } else {
+            summary.duplicates += 1;
+        }
+    }
+    Ok(summary)
+}
+
 /// Seconds since the epoch as RFC 3339 UTC, without a date crate (Howard Hinnant's
 /// days-to-civil algorithm).
 pub fn rfc3339(unix_seconds: u64) -> String {
@@ -404,6 +461,73 @@ mod tests {
         ] {
             assert!(h.split(',').any(|c| c == column), "{column}");
         }
+    }
+
+    #[test]
+    fn rows_of_a_newer_schema_are_named_and_the_rest_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mixed.csv");
+        let mut file = ResultsFile::open(&path).unwrap();
+        file.append(&record("pp512")).unwrap();
+        file.append(&BenchRecord {
+            schema_version: SCHEMA_VERSION + 1,
+            ..record("tg128")
+        })
+        .unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.records.len(), 1);
+        assert_eq!(loaded.bad_rows.len(), 1);
+        assert_eq!(loaded.bad_rows[0].line, 3);
+        assert!(loaded.bad_rows[0].message.contains("upgrade fitbench"));
+        assert!(read(&path).is_err(), "strict reading refuses the file");
+    }
+
+    #[test]
+    fn merging_upgrades_rows_and_drops_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.csv");
+        let b = dir.path().join("b.csv");
+        let mut file = ResultsFile::open(&a).unwrap();
+        file.append(&record("pp512")).unwrap();
+        file.append(&record("tg128")).unwrap();
+        let mut file = ResultsFile::open(&b).unwrap();
+        file.append(&record("tg128")).unwrap();
+        file.append(&BenchRecord {
+            host: "other".into(),
+            ..record("tg128")
+        })
+        .unwrap();
+        let out = dir.path().join("all.csv");
+        let summary = merge(&[a.clone(), b.clone()], &out).unwrap();
+        assert_eq!(
+            summary,
+            MergeSummary {
+                rows_read: 4,
+                rows_written: 3,
+                duplicates: 1
+            }
+        );
+        // Merging again adds nothing: every row is already there.
+        let again = merge(&[a, b], &out).unwrap();
+        assert_eq!((again.rows_written, again.duplicates), (0, 4));
+        assert_eq!(read(&out).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_input_is_not_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.csv");
+        ResultsFile::open(&a)
+            .unwrap()
+            .append(&record("pp512"))
+            .unwrap();
+        let mut text = std::fs::read_to_string(&a).unwrap();
+        text.push_str("2,x\n");
+        std::fs::write(&a, text).unwrap();
+        let out = dir.path().join("all.csv");
+        let err = merge(&[a], &out).unwrap_err().to_string();
+        assert!(err.contains("a.csv: line 3"), "{err}");
+        assert!(!out.exists(), "nothing was written");
     }
 
     #[test]
