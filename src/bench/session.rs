@@ -171,14 +171,16 @@ pub fn run_threads(
         threads,
         run: plan.run.clone(),
     };
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    command
         .arg("bench-worker")
         .env("CANDLE_NUM_THREADS", threads.to_string())
         .env("RAYON_NUM_THREADS", threads.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+        .stderr(Stdio::piped());
+    die_with_parent(&mut command);
+    let mut child = command.spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(serde_json::to_string(&spec)?.as_bytes())?;
     }
@@ -213,6 +215,25 @@ pub fn run_threads(
     serde_json::from_slice(&report)
         .with_context(|| format!("the benchmark worker ({threads} threads) returned no report"))
 }
+
+/// A worker outliving a killed run would keep loading the CPU under the next run's
+/// measurements.
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}
 
 /// One record per test of a worker's report.
 pub fn records(

@@ -23,9 +23,6 @@ fn row(r: &BenchRecord) -> Vec<String> {
         _ => "-".into(),
     };
     let mut notes = Vec::new();
-    if r.synthetic {
-        notes.push("synthetic".to_string());
-    }
     if r.throttled {
         notes.push("THROTTLED".to_string());
     }
@@ -39,7 +36,7 @@ fn row(r: &BenchRecord) -> Vec<String> {
         notes.push(format!("{j:.1} J"));
     }
     vec![
-        format!("{} {}", r.model_type, r.quant),
+        crate::report::model_label(r),
         r.test.clone(),
         r.n_threads.to_string(),
         format!("{:.2} ± {:.2}", r.avg_ts, r.stddev_ts),

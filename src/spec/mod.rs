@@ -475,6 +475,74 @@ cooldown = { seconds = 2, below_c = 60 }
         }
     }
 
+    /// Estimated seconds for a suite on a box: every repetition and warm-up of every
+    /// configuration, with the depth filled at prompt speed, plus the cool-downs.
+    fn estimated_seconds(suite: &Suite, hw: &crate::probe::Hardware) -> f64 {
+        use crate::estimate::{self, EstimateOptions, Fit, Footprint};
+        let threads = suite.threads_for(hw.cpu.physical_cores);
+        let context = suite.run.tests.iter().map(TestSpec::context).max().unwrap() as u64;
+        let ubatch = suite.run.tests.iter().map(|t| t.n_prompt).max().unwrap() as u64;
+        let mut seconds = 0.0;
+        for model in &suite.models {
+            let ModelSource::Twin { id, quant } = &model.source else {
+                panic!("shipped suites use twins, to run without downloads")
+            };
+            let footprint = Footprint::from_catalog(catalog::find(id).unwrap(), *quant);
+            let e = estimate::estimate(
+                &footprint,
+                hw,
+                &EstimateOptions {
+                    context: Some(context),
+                    ubatch: Some(ubatch),
+                    cpu_only: true,
+                    ..EstimateOptions::default()
+                },
+            );
+            assert_eq!(
+                e.placement.fit,
+                Fit::FitsInRam,
+                "{}: {id} {} does not fit {}",
+                suite.name,
+                quant.name,
+                hw.name
+            );
+            for &n in &threads {
+                // Prompt processing is compute-bound: it scales with the threads used.
+                let share = n as f64 / f64::from(hw.cpu.physical_cores.max(1));
+                let pp = e.speed.pp_tps * share.min(1.0);
+                for t in &suite.run.tests {
+                    let once = (t.n_prompt + t.n_depth) as f64 / pp + t.n_gen as f64 / e.speed.tg_tps;
+                    seconds += once * (suite.run.warmup + suite.run.repetitions) as f64
+                        + suite.cooldown.seconds;
+                }
+            }
+        }
+        seconds
+    }
+
+    #[test]
+    fn shipped_suites_fit_their_box_and_finish_well_inside_30_minutes() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
+        for (name, profile) in [
+            ("example", "pi3b"),
+            ("pi3b", "pi3b"),
+            ("pi4", "pi4-4gb"),
+            ("desktop", "desktop-i7-9700k"),
+        ] {
+            let suite = Suite::load(&dir.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(suite.name, name);
+            if name != "example" {
+                assert_eq!(suite.profile.as_deref(), Some(profile));
+            }
+            let hw = crate::profiles::resolve(profile).unwrap();
+            let minutes = estimated_seconds(&suite, &hw) / 60.0;
+            // The estimate runs up to 3× ahead of candle on small boxes (docs/estimates.md):
+            // a third of the budget leaves room for that.
+            assert!(minutes < 10.0, "{name} on {profile}: {minutes:.1} min");
+            eprintln!("{name} on {profile}: {minutes:.1} min estimated");
+        }
+    }
+
     #[test]
     fn paths_expand_home_and_variables() {
         let home = std::env::var("HOME").unwrap();
