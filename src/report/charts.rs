@@ -142,7 +142,9 @@ impl Figure {
                 let panel = (tallest + 110).max(200);
                 (WIDTH, (60 + rows * panel) as u32)
             }
-            _ => (WIDTH, 700),
+            Figure::Memory { series, .. } => (WIDTH, 700 + legend_height(series.len())),
+            Figure::Threads { sweeps, .. } => (WIDTH, 700 + legend_height(sweeps.len())),
+            Figure::Predicted { series, .. } => (WIDTH, 700 + legend_height(series.len() + 2)),
         }
     }
 }
@@ -204,6 +206,53 @@ fn text_style(size: u32, pos: Pos) -> TextStyle<'static> {
     TextStyle::from((FONT, size).into_font()).pos(pos)
 }
 
+/// How a legend entry shows its series.
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    Bar,
+    Line,
+    Dot,
+}
+
+/// Height of the legend strip under a chart with `entries` in two columns.
+fn legend_height(entries: usize) -> u32 {
+    (entries.div_ceil(2) * 20 + 16) as u32
+}
+
+/// A legend drawn in its own strip, so it never hides data: rows of 20 px, in `columns`.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(String, RGBColor, Mark)],
+    columns: usize,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let columns = columns.max(1);
+    let width = area.dim_in_pixel().0 as i32 / columns as i32;
+    for (i, (name, color, mark)) in entries.iter().enumerate() {
+        let x = (i % columns) as i32 * width + 12;
+        let y = (i / columns) as i32 * 20 + 12;
+        match mark {
+            Mark::Bar => area.draw(&Rectangle::new(
+                [(x, y - 5), (x + 14, y + 5)],
+                color.filled(),
+            )),
+            Mark::Line => area.draw(&PathElement::new(
+                vec![(x, y), (x + 16, y)],
+                color.stroke_width(2),
+            )),
+            Mark::Dot => area.draw(&Circle::new((x + 7, y), 5, color.filled())),
+        }
+        .map_err(err)?;
+        area.draw_text(
+            name,
+            &text_style(13, Pos::new(HPos::Left, VPos::Center)),
+            (x + 24, y),
+        )
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
 /// A number for a tick or a bar: few digits, no trailing zeros.
 pub fn short_number(value: f64) -> String {
     let text = if value.abs() >= 100.0 {
@@ -252,7 +301,21 @@ fn draw_bar_panel<DB: DrawingBackend>(
         .map_err(err)?;
         return Ok(());
     }
-    let mut chart = ChartBuilder::on(area)
+    // Two or more series get a legend strip on the right, outside the bars.
+    let (plot, legend) = if panel.series.len() > 1 {
+        let widest = panel
+            .series
+            .iter()
+            .map(|s| s.name.chars().count())
+            .max()
+            .unwrap_or(0);
+        let strip = (widest * 8 + 50) as u32;
+        let (plot, legend) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(strip));
+        (plot, Some(legend))
+    } else {
+        (area.clone(), None)
+    };
+    let mut chart = ChartBuilder::on(&plot)
         .caption(&panel.title, (FONT, 17))
         .margin(12)
         .x_label_area_size(45)
@@ -266,6 +329,7 @@ fn draw_bar_panel<DB: DrawingBackend>(
         .y_labels(0)
         .y_label_formatter(&|_| String::new())
         .x_desc(x_desc)
+        .x_labels(6)
         .x_label_formatter(&|v| short_number(*v))
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 14))
@@ -291,9 +355,7 @@ fn draw_bar_panel<DB: DrawingBackend>(
             .draw_series(bars.iter().map(|&((low, high), value)| {
                 Rectangle::new([(0.0, low), (value, high)], color.filled())
             }))
-            .map_err(err)?
-            .label(series.name.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+            .map_err(err)?;
         let spreads: Vec<_> = series
             .values
             .iter()
@@ -338,15 +400,13 @@ fn draw_bar_panel<DB: DrawingBackend>(
         )
         .map_err(err)?;
     }
-    if panel.series.len() > 1 {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(err)?;
+    if let Some(legend) = legend {
+        let entries: Vec<_> = panel
+            .series
+            .iter()
+            .map(|s| (s.name.clone(), s.color, Mark::Bar))
+            .collect();
+        draw_legend(&legend.margin(40, 0, 0, 0), &entries, 1)?;
     }
     Ok(())
 }
@@ -395,7 +455,16 @@ fn draw_memory<DB: DrawingBackend>(
             .chain(limits.iter().map(|l| l.gib)),
     );
     let (y_low, y_high) = log_range(points.iter().map(|p| p.y));
-    let mut chart = ChartBuilder::on(root)
+    let entries: Vec<_> = series
+        .iter()
+        .map(|(n, c)| (n.clone(), *c, Mark::Dot))
+        .collect();
+    let (plot, legend) = root.split_vertically(
+        root.dim_in_pixel()
+            .1
+            .saturating_sub(legend_height(entries.len())),
+    );
+    let mut chart = ChartBuilder::on(&plot)
         .caption(title, (FONT, 22))
         .margin(20)
         .x_label_area_size(50)
@@ -419,6 +488,8 @@ fn draw_memory<DB: DrawingBackend>(
         .axis_desc_style((FONT, 15))
         .draw()
         .map_err(err)?;
+    // Past a handful, limit labels pile up; the legend's colours still tell the boxes apart.
+    let label_limits = limits.len() <= 6;
     for (k, limit) in limits.iter().enumerate() {
         chart
             .draw_series(std::iter::once(PathElement::new(
@@ -426,6 +497,9 @@ fn draw_memory<DB: DrawingBackend>(
                 limit.color.stroke_width(2),
             )))
             .map_err(err)?;
+        if !label_limits {
+            continue;
+        }
         // Stagger the labels so limits close together stay readable.
         let y = y_high / 1.15f64.powi(1 + k as i32 % 6);
         let (px, py) = chart.backend_coord(&(limit.gib, y));
@@ -436,7 +510,7 @@ fn draw_memory<DB: DrawingBackend>(
         )
         .map_err(err)?;
     }
-    for (index, (name, color)) in series.iter().enumerate() {
+    for (index, (_, color)) in series.iter().enumerate() {
         let color = *color;
         chart
             .draw_series(
@@ -445,9 +519,7 @@ fn draw_memory<DB: DrawingBackend>(
                     .filter(|p| p.series == index)
                     .map(|p| Circle::new((p.x, p.y), 5, color.filled())),
             )
-            .map_err(err)?
-            .label(name.clone())
-            .legend(move |(x, y)| Circle::new((x + 6, y), 5, color.filled()));
+            .map_err(err)?;
     }
     // Naming every point helps until they crowd each other.
     if points.len() <= 30 {
@@ -461,14 +533,7 @@ fn draw_memory<DB: DrawingBackend>(
             .map_err(err)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(err)
+    draw_legend(&legend, &entries, 2)
 }
 
 fn draw_threads<DB: DrawingBackend>(
@@ -487,7 +552,23 @@ fn draw_threads<DB: DrawingBackend>(
         .flat_map(|s| s.points.iter().map(|p| p.1 + p.2))
         .fold(0.0f64, f64::max)
         .max(1e-3);
-    let mut chart = ChartBuilder::on(root)
+    let entries: Vec<_> = sweeps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                format!("{} · {} · {}", s.key.host, s.key.model, s.key.test),
+                color(i),
+                Mark::Line,
+            )
+        })
+        .collect();
+    let (plot, legend) = root.split_vertically(
+        root.dim_in_pixel()
+            .1
+            .saturating_sub(legend_height(entries.len())),
+    );
+    let mut chart = ChartBuilder::on(&plot)
         .caption(title, (FONT, 22))
         .margin(20)
         .x_label_area_size(50)
@@ -511,14 +592,7 @@ fn draw_threads<DB: DrawingBackend>(
         let line: Vec<(f64, f64)> = sweep.points.iter().map(|p| (p.0 as f64, p.1)).collect();
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(format!(
-                "{} · {} · {}",
-                sweep.key.host, sweep.key.model, sweep.key.test
-            ))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+            .map_err(err)?;
         chart
             .draw_series(
                 line.iter()
@@ -538,14 +612,7 @@ fn draw_threads<DB: DrawingBackend>(
             }))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(err)
+    draw_legend(&legend, &entries, 2)
 }
 
 fn draw_predicted<DB: DrawingBackend>(
@@ -556,7 +623,22 @@ fn draw_predicted<DB: DrawingBackend>(
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let (low, high) = log_range(points.iter().flat_map(|p| [p.x, p.y]));
-    let mut chart = ChartBuilder::on(root)
+    let band = RGBColor(120, 120, 120);
+    let mut entries = vec![
+        (
+            "within ±25% of the estimate".to_string(),
+            RGBColor(210, 210, 210),
+            Mark::Bar,
+        ),
+        ("measured = predicted".to_string(), BLACK, Mark::Line),
+    ];
+    entries.extend(series.iter().map(|(n, c)| (n.clone(), *c, Mark::Dot)));
+    let (plot, legend) = root.split_vertically(
+        root.dim_in_pixel()
+            .1
+            .saturating_sub(legend_height(entries.len())),
+    );
+    let mut chart = ChartBuilder::on(&plot)
         .caption(title, (FONT, 22))
         .margin(20)
         .x_label_area_size(50)
@@ -580,7 +662,6 @@ fn draw_predicted<DB: DrawingBackend>(
         .axis_desc_style((FONT, 15))
         .draw()
         .map_err(err)?;
-    let band = RGBColor(120, 120, 120);
     chart
         .draw_series(std::iter::once(Polygon::new(
             vec![
@@ -591,20 +672,14 @@ fn draw_predicted<DB: DrawingBackend>(
             ],
             band.mix(0.18).filled(),
         )))
-        .map_err(err)?
-        .label("within ±25% of the estimate")
-        .legend(move |(x, y)| {
-            Rectangle::new([(x, y - 5), (x + 12, y + 5)], band.mix(0.3).filled())
-        });
+        .map_err(err)?;
     chart
         .draw_series(LineSeries::new(
             vec![(low, low), (high, high)],
             BLACK.stroke_width(1),
         ))
-        .map_err(err)?
-        .label("measured = predicted")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
-    for (index, (name, color)) in series.iter().enumerate() {
+        .map_err(err)?;
+    for (index, (_, color)) in series.iter().enumerate() {
         let color = *color;
         chart
             .draw_series(
@@ -613,18 +688,9 @@ fn draw_predicted<DB: DrawingBackend>(
                     .filter(|p| p.series == index)
                     .map(|p| Circle::new((p.x, p.y), 5, color.filled())),
             )
-            .map_err(err)?
-            .label(name.clone())
-            .legend(move |(x, y)| Circle::new((x + 6, y), 5, color.filled()));
+            .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(err)
+    draw_legend(&legend, &entries, 2)
 }
 
 #[cfg(test)]

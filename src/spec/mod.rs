@@ -511,7 +511,8 @@ cooldown = { seconds = 2, below_c = 60 }
                 let share = n as f64 / f64::from(hw.cpu.physical_cores.max(1));
                 let pp = e.speed.pp_tps * share.min(1.0);
                 for t in &suite.run.tests {
-                    let once = (t.n_prompt + t.n_depth) as f64 / pp + t.n_gen as f64 / e.speed.tg_tps;
+                    let once =
+                        (t.n_prompt + t.n_depth) as f64 / pp + t.n_gen as f64 / e.speed.tg_tps;
                     seconds += once * (suite.run.warmup + suite.run.repetitions) as f64
                         + suite.cooldown.seconds;
                 }
