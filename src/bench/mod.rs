@@ -5,6 +5,7 @@
 //! candle sizes its CPU thread pool once per process, so each thread count runs in its own
 //! worker process (`fitbench bench-worker`), which also gives each its own peak RSS.
 
+pub mod gemma3;
 pub mod model;
 pub mod monitor;
 mod runner;

@@ -28,7 +28,10 @@ pub enum Model {
     Qwen3(quantized_qwen3::ModelWeights),
     Phi3(quantized_phi3::ModelWeights),
     Phi2(quantized_phi::ModelWeights),
-    Gemma3(quantized_gemma3::ModelWeights),
+    /// fitbench's own lean Gemma 3, on the CPU.
+    Gemma3(super::gemma3::Gemma3),
+    /// candle's, on a GPU.
+    Gemma3Gpu(quantized_gemma3::ModelWeights),
 }
 
 pub fn unsupported_message(arch: &str) -> String {
@@ -50,8 +53,8 @@ fn cannot_load(path: &Path, arch: &str, err: candle_core::Error) -> anyhow::Erro
 }
 
 impl Model {
-    /// Loads every tensor of `path` onto `device`.
-    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Model> {
+    /// Loads every tensor of `path` onto `device`, for runs of up to `positions` tokens.
+    pub fn load(path: &Path, device: &Device, positions: usize) -> anyhow::Result<Model> {
         let mut file =
             std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let content = gguf_file::Content::read(&mut file)
@@ -84,7 +87,11 @@ impl Model {
                 quantized_phi::ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(cannot_load)?,
             ),
-            "gemma3" => Model::Gemma3(
+            "gemma3" if device.is_cpu() => Model::Gemma3(
+                super::gemma3::Gemma3::from_gguf(&content, &mut file, positions)
+                    .map_err(cannot_load)?,
+            ),
+            "gemma3" => Model::Gemma3Gpu(
                 quantized_gemma3::ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(cannot_load)?,
             ),
@@ -102,6 +109,7 @@ impl Model {
             Model::Phi3(m) => m.forward(tokens, pos),
             Model::Phi2(m) => m.forward(tokens, pos),
             Model::Gemma3(m) => m.forward(tokens, pos),
+            Model::Gemma3Gpu(m) => m.forward(tokens, pos),
         }
     }
 
@@ -112,7 +120,7 @@ impl Model {
             Model::Qwen2(m) => m.clear_kv_cache(),
             Model::Qwen3(m) => m.clear_kv_cache(),
             // These reset their cache when a forward starts at position 0.
-            Model::Phi3(_) | Model::Phi2(_) | Model::Gemma3(_) => {}
+            Model::Phi3(_) | Model::Phi2(_) | Model::Gemma3(_) | Model::Gemma3Gpu(_) => {}
         }
     }
 }

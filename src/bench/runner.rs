@@ -67,7 +67,14 @@ pub fn run_worker(spec: &WorkerSpec) -> anyhow::Result<WorkerReport> {
     let device = device(&spec.run.device)?;
     let cache_share = monitor::page_cache_share(&spec.model_path);
     let started = Instant::now();
-    let mut model = Model::load(&spec.model_path, &device)?;
+    let positions = spec
+        .run
+        .tests
+        .iter()
+        .map(TestSpec::context)
+        .max()
+        .unwrap_or(1);
+    let mut model = Model::load(&spec.model_path, &device, positions)?;
     let load_seconds = started.elapsed().as_secs_f64();
     let mut rng = SplitMix64(spec.run.seed);
     let mut tests = Vec::new();

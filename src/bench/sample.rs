@@ -275,7 +275,6 @@ pub fn answer(path: &Path, max_tokens: usize) -> anyhow::Result<(String, String)
         .chain(eos)
         .collect();
     let device = Device::Cpu;
-    let mut model = Model::load(path, &device)?;
     let is_chat = content.metadata.contains_key("tokenizer.chat_template");
     let text = prompt_text(&tokenizer, is_chat);
     let prompt = tokenizer.encode(&text)?;
@@ -285,6 +284,7 @@ pub fn answer(path: &Path, max_tokens: usize) -> anyhow::Result<(String, String)
             path.display()
         );
     }
+    let mut model = Model::load(path, &device, prompt.len() + max_tokens)?;
     let mut logits = model.forward(&Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?, 0)?;
     let mut answer = Vec::new();
     for pos in prompt.len()..prompt.len() + max_tokens {

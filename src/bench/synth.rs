@@ -209,7 +209,7 @@ mod tests {
         // candle 0.11 reads only the per-expert layout: the bench refuses before loading.
         let err = crate::bench::session::check_supported("moe.gguf", "llama", true).unwrap_err();
         assert!(err.to_string().contains("per-expert layout"), "{err}");
-        let loaded = Model::load(&path, &candle_core::Device::Cpu);
+        let loaded = Model::load(&path, &candle_core::Device::Cpu, 64);
         assert!(
             loaded.is_err(),
             "candle learned the merged layout: update check_supported"

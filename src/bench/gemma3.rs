@@ -1,0 +1,316 @@
+//! Gemma 3 for the CPU runner, with the same arithmetic as candle-transformers'
+//! `quantized_gemma3` (its reference, checked token for token in the tests) but sized for a
+//! benchmark rather than for 128K tokens:
+//!
+//! - candle builds a 131,072-position RoPE table in each layer (18 × 134 MB for Gemma 3
+//!   270M); here two tables (local and global frequency) cover the context the run needs and
+//!   every layer shares them;
+//! - candle expands the token embedding to f32 (671 MB for a 262,144 × 640 vocabulary); here it
+//!   stays quantized, rows are dequantized as tokens are looked up, and the tied output
+//!   projection multiplies by the same quantized tensor.
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_transformers::quantized_nn::RmsNorm;
+use candle_transformers::utils::repeat_kv;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+// The defaults candle's loader uses when the GGUF leaves a key out.
+const DEFAULT_SLIDING_WINDOW_TYPE: usize = 6;
+const DEFAULT_ROPE_FREQUENCY: f32 = 1_000_000.;
+const DEFAULT_ROPE_FREQUENCY_SLIDING: f32 = 10_000.;
+
+/// cos and sin for positions 0..positions at one base frequency.
+#[derive(Debug, Clone)]
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(head_dim: usize, frequency: f32, positions: usize, device: &Device) -> Result<Rope> {
+        let theta: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / frequency.powf(i as f32 / head_dim as f32))
+            .collect();
+        let theta = Tensor::new(theta.as_slice(), device)?;
+        let angles = Tensor::arange(0, positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((positions, 1))?
+            .matmul(&theta.reshape((1, theta.elem_count()))?)?;
+        Ok(Rope {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    fn apply(&self, q: &Tensor, k: &Tensor, pos: usize) -> Result<(Tensor, Tensor)> {
+        let seq_len = q.dim(2)?;
+        if pos + seq_len > self.cos.dim(0)? {
+            candle_core::bail!(
+                "position {} is past the {} positions this model was loaded for",
+                pos + seq_len,
+                self.cos.dim(0)?
+            );
+        }
+        let cos = self.cos.narrow(0, pos, seq_len)?;
+        let sin = self.sin.narrow(0, pos, seq_len)?;
+        Ok((
+            candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?,
+            candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
+        ))
+    }
+}
+
+struct Layer {
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    attention_norm: RmsNorm,
+    post_attention_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    post_ffn_norm: RmsNorm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    sliding_window: Option<usize>,
+    rope: Arc<Rope>,
+    kv_cache: Option<(Tensor, Tensor)>,
+}
+
+impl Layer {
+    /// 1 where query position `pos + i` may attend to position `j`.
+    fn mask(&self, seq_len: usize, pos: usize, device: &Device) -> Result<Tensor> {
+        let visible = |i: usize, j: usize| match self.sliding_window {
+            Some(window) => j <= i && i <= j + window,
+            None => j <= i,
+        };
+        let total = pos + seq_len;
+        let mask: Vec<u32> = (pos..total)
+            .flat_map(|i| (0..total).map(move |j| u32::from(visible(i, j))))
+            .collect();
+        Tensor::from_slice(&mask, (seq_len, total), device)
+    }
+
+    fn attention(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (b, seq_len, _) = x.dims3()?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            t.reshape((b, seq_len, n, self.head_dim))?.transpose(1, 2)
+        };
+        let q = heads(self.wq.forward(x)?, self.n_head)?;
+        let k = heads(self.wk.forward(x)?, self.n_kv_head)?;
+        let v = heads(self.wv.forward(x)?, self.n_kv_head)?;
+        let q = self.q_norm.forward(&q.contiguous()?)?;
+        let k = self.k_norm.forward(&k.contiguous()?)?;
+        let (q, k) = self.rope.apply(&q, &k, pos)?;
+        let (k, v) = match &self.kv_cache {
+            Some((k_cache, v_cache)) if pos > 0 => (
+                Tensor::cat(&[k_cache, &k], 2)?,
+                Tensor::cat(&[v_cache, &v], 2)?,
+            ),
+            _ => (k, v),
+        };
+        self.kv_cache = Some((k.clone(), v.clone()));
+        let k = repeat_kv(k, self.n_head / self.n_kv_head)?;
+        let v = repeat_kv(v, self.n_head / self.n_kv_head)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut weights = (q.matmul(&k.transpose(2, 3)?)? * scale)?;
+        if seq_len > 1 {
+            let mask = self
+                .mask(seq_len, pos, x.device())?
+                .broadcast_as(weights.shape())?;
+            let neg_inf =
+                Tensor::new(f32::NEG_INFINITY, x.device())?.broadcast_as(weights.shape())?;
+            weights = mask.eq(0u32)?.where_cond(&neg_inf, &weights)?;
+        }
+        let weights = candle_nn::ops::softmax_last_dim(&weights)?;
+        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((
+            b,
+            seq_len,
+            self.n_head * self.head_dim,
+        ))?;
+        self.wo.forward(&out)
+    }
+
+    fn forward(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let attended = self.attention(&self.attention_norm.forward(x)?, pos)?;
+        let x = (self.post_attention_norm.forward(&attended)? + x)?;
+        let normed = self.ffn_norm.forward(&x)?;
+        // candle's reference gates with SiLU; kept so the two paths agree token for token.
+        let gated =
+            (candle_nn::ops::silu(&self.gate.forward(&normed)?)? * self.up.forward(&normed)?)?;
+        let mlp = self.down.forward(&gated)?;
+        self.post_ffn_norm.forward(&mlp)? + x
+    }
+}
+
+/// The token embedding, kept in its quantized form.
+struct Embedding {
+    table: Arc<QTensor>,
+    dtype: GgmlDType,
+    vocab: usize,
+    width: usize,
+    row_bytes: usize,
+}
+
+impl Embedding {
+    fn new(table: Arc<QTensor>) -> Result<Embedding> {
+        let (vocab, width) = table.shape().dims2()?;
+        let dtype = table.dtype();
+        if width % dtype.block_size() != 0 {
+            candle_core::bail!("token_embd.weight: a row of {width} is not whole {dtype:?} blocks");
+        }
+        let row_bytes = width / dtype.block_size() * dtype.type_size();
+        Ok(Embedding {
+            table,
+            dtype,
+            vocab,
+            width,
+            row_bytes,
+        })
+    }
+
+    /// The rows of `ids`, dequantized: (batch, seq, width).
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq_len) = ids.dims2()?;
+        let data = self.table.data()?;
+        let mut rows = Vec::with_capacity(batch * seq_len);
+        for id in ids.flatten_all()?.to_vec1::<u32>()? {
+            let id = id as usize;
+            if id >= self.vocab {
+                candle_core::bail!(
+                    "token id {id} is outside the {} token vocabulary",
+                    self.vocab
+                );
+            }
+            let bytes = &data[id * self.row_bytes..(id + 1) * self.row_bytes];
+            let row = QTensor::new(
+                QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, self.dtype)?,
+                (1, self.width),
+            )?;
+            rows.push(row.dequantize(&Device::Cpu)?);
+        }
+        Tensor::cat(&rows, 0)?.reshape((batch, seq_len, self.width))
+    }
+}
+
+pub struct Gemma3 {
+    embedding: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: QMatMul,
+}
+
+impl Gemma3 {
+    /// Loads a gemma3 GGUF onto the CPU, with RoPE tables for `positions` positions.
+    pub fn from_gguf<R: std::io::Seek + std::io::Read>(
+        content: &gguf_file::Content,
+        reader: &mut R,
+        positions: usize,
+    ) -> Result<Gemma3> {
+        let device = &Device::Cpu;
+        let get = |key: &str| {
+            content
+                .metadata
+                .get(&format!("gemma3.{key}"))
+                .ok_or_else(|| {
+                    candle_core::Error::Msg(format!("cannot find gemma3.{key} in metadata"))
+                })
+        };
+        let n_head = get("attention.head_count")?.to_u32()? as usize;
+        let n_kv_head = get("attention.head_count_kv")?.to_u32()? as usize;
+        let block_count = get("block_count")?.to_u32()? as usize;
+        let head_dim = get("attention.key_length")?.to_u32()? as usize;
+        let eps = get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+        let window = get("attention.sliding_window")?.to_u32()? as usize;
+        let window_type = get("attention.sliding_window_type")
+            .and_then(|v| v.to_u32())
+            .map_or(DEFAULT_SLIDING_WINDOW_TYPE, |v| v as usize)
+            .max(1);
+        let global_frequency = get("rope.freq_base")
+            .and_then(|v| v.to_f32())
+            .unwrap_or(DEFAULT_ROPE_FREQUENCY);
+        let local_frequency = get("rope.local_freq_base")
+            .and_then(|v| v.to_f32())
+            .unwrap_or(DEFAULT_ROPE_FREQUENCY_SLIDING);
+        if n_kv_head == 0 || n_head % n_kv_head != 0 {
+            candle_core::bail!("gemma3: {n_head} heads cannot share {n_kv_head} key-value heads");
+        }
+
+        let positions = positions.max(1);
+        let global_rope = Arc::new(Rope::new(head_dim, global_frequency, positions, device)?);
+        let local_rope = Arc::new(Rope::new(head_dim, local_frequency, positions, device)?);
+        let mut tensor = |name: &str| content.tensor(reader, name, device);
+        let embedding_table = Arc::new(tensor("token_embd.weight")?);
+        let output = match tensor("output.weight") {
+            Ok(t) => QMatMul::from_qtensor(t)?,
+            // Gemma ties its output projection to the embedding.
+            Err(_) => QMatMul::from_arc(embedding_table.clone())?,
+        };
+        let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
+        let mut layers = Vec::with_capacity(block_count);
+        for i in 0..block_count {
+            let mut weight = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
+            let mut matmul = |name: &str| QMatMul::from_qtensor(weight(name)?);
+            let (wq, wk, wv, wo) = (
+                matmul("attn_q")?,
+                matmul("attn_k")?,
+                matmul("attn_v")?,
+                matmul("attn_output")?,
+            );
+            let (gate, up, down) = (matmul("ffn_gate")?, matmul("ffn_up")?, matmul("ffn_down")?);
+            let mut norm = |name: &str| RmsNorm::from_qtensor(weight(name)?, eps);
+            // Every window_type-th layer attends globally; the others see a sliding window.
+            let sliding = (i + 1) % window_type > 0;
+            layers.push(Layer {
+                wq,
+                wk,
+                wv,
+                wo,
+                q_norm: norm("attn_q_norm")?,
+                k_norm: norm("attn_k_norm")?,
+                attention_norm: norm("attn_norm")?,
+                post_attention_norm: norm("post_attention_norm")?,
+                ffn_norm: norm("ffn_norm")?,
+                post_ffn_norm: norm("post_ffw_norm")?,
+                gate,
+                up,
+                down,
+                n_head,
+                n_kv_head,
+                head_dim,
+                sliding_window: sliding.then_some(window),
+                rope: if sliding {
+                    local_rope.clone()
+                } else {
+                    global_rope.clone()
+                },
+                kv_cache: None,
+            });
+        }
+        Ok(Gemma3 {
+            embedding: Embedding::new(embedding_table)?,
+            layers,
+            norm,
+            output,
+        })
+    }
+
+    /// Runs `ids` (batch, seq) at positions `pos..`; the last position's logits.
+    pub fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
+        let seq_len = ids.dim(1)?;
+        let mut x = (self.embedding.forward(ids)? * (self.embedding.width as f64).sqrt())?;
+        for layer in &mut self.layers {
+            x = layer.forward(&x, pos)?;
+        }
+        let last = self.norm.forward(&x.i((.., seq_len - 1, ..))?)?;
+        self.output.forward(&last)
+    }
+}
