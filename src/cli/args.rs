@@ -151,6 +151,12 @@ pub struct CompareArgs {
     /// The results compared with it: ratios are B/A.
     #[arg(value_name = "B.csv")]
     pub candidate: std::path::PathBuf,
+    /// Only A's rows from this box (a file holding several boxes).
+    #[arg(long, value_name = "HOST")]
+    pub host_a: Option<String>,
+    /// Only B's rows from this box.
+    #[arg(long, value_name = "HOST")]
+    pub host_b: Option<String>,
     /// Print JSON (fields in docs/specs.md).
     #[arg(long, conflicts_with = "markdown")]
     pub json: bool,

@@ -295,6 +295,9 @@ fn report_command(args: ReportArgs) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if formats.is_empty() {
+        bail!("--format: name at least one chart format: png, svg or png,svg");
+    }
     let out_dir = args.out.clone().unwrap_or_else(|| {
         let stem = args.inputs[0]
             .file_stem()
@@ -321,19 +324,36 @@ fn report_command(args: ReportArgs) -> anyhow::Result<()> {
 }
 
 fn compare_command(args: CompareArgs) -> anyhow::Result<()> {
-    let read = |path: &std::path::Path| -> anyhow::Result<Vec<crate::results::BenchRecord>> {
+    let read = |path: &std::path::Path,
+                host: &Option<String>|
+     -> anyhow::Result<Vec<crate::results::BenchRecord>> {
         let loaded = crate::results::load(path)?;
         for bad in &loaded.bad_rows {
             eprintln!("warning: row skipped: {bad}");
         }
-        Ok(loaded.records)
+        let rows: Vec<_> = loaded
+            .records
+            .into_iter()
+            .filter(|r| host.as_ref().is_none_or(|h| &r.host == h))
+            .collect();
+        if rows.is_empty() {
+            bail!(
+                "{}: no rows{}",
+                path.display(),
+                host.as_ref()
+                    .map(|h| format!(" from box `{h}`"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(rows)
     };
     let report = crate::compare::compare(
         &args.baseline.display().to_string(),
-        &read(&args.baseline)?,
+        &read(&args.baseline, &args.host_a)?,
         &args.candidate.display().to_string(),
-        &read(&args.candidate)?,
-    );
+        &read(&args.candidate, &args.host_b)?,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
     if args.json {
         return print_json(&report);
     }

@@ -19,12 +19,14 @@ use std::time::{Duration, Instant};
 
 /// A suite model checked and ready to load.
 struct ReadyModel {
+    /// `SPEC: models[N]`, for errors.
+    label: String,
     path: PathBuf,
     synthetic: bool,
     /// The twin to write before its first configuration, when it is not cached yet.
     to_synthesize: Option<(String, catalog::Quant)>,
-    /// Known when the spec pinned it (the file was hashed to check it).
-    sha256: Option<String>,
+    /// The header checks, done once; a twin not yet written is prepared when it is.
+    prepared: Option<Prepared>,
 }
 
 fn plan_for(suite: &Suite, model: &ReadyModel, threads: &[usize], force: bool) -> SessionPlan {
@@ -59,10 +61,11 @@ fn check_models(
                 )?;
                 let path = synthetic_path(id, *quant)?;
                 let entry = ReadyModel {
+                    label: format!("{spec}: {field}"),
                     to_synthesize: (!path.is_file()).then(|| (id.clone(), *quant)),
                     path,
                     synthetic: true,
-                    sha256: None,
+                    prepared: None,
                 };
                 session::check_fits(
                     &label,
@@ -80,23 +83,24 @@ fn check_models(
                     );
                 }
                 let mut entry = ReadyModel {
+                    label: format!("{spec}: {field}"),
                     path: path.clone(),
                     synthetic: false,
                     to_synthesize: None,
-                    sha256: None,
+                    prepared: None,
                 };
-                session::prepare(&plan_for(suite, &entry, threads, force), hardware)
-                    .with_context(|| format!("{spec}: {field}"))?;
-                if let Some(expected) = sha256 {
-                    let actual = session::sha256_of(path)?;
-                    if &actual != expected {
-                        bail!(
-                            "{spec}: {field}.sha256: {} has sha256 {actual}, the spec expects {expected}\nhint: the file changed or is another download; fetch the file the spec names, or update its sha256",
-                            path.display()
-                        );
-                    }
-                    entry.sha256 = Some(actual);
+                let mut ready =
+                    session::prepare(&plan_for(suite, &entry, threads, force), hardware)
+                        .with_context(|| format!("{spec}: {field}"))?;
+                let actual = session::sha256_of(path)?;
+                if let Some(expected) = sha256.as_ref().filter(|e| **e != actual) {
+                    bail!(
+                        "{spec}: {field}.sha256: {} has sha256 {actual}, the spec expects {expected}\nhint: the file changed or is another download; fetch the file the spec names, or update its sha256",
+                        path.display()
+                    );
                 }
+                ready.set_hash(actual);
+                entry.prepared = Some(ready);
                 entry
             }
         };
@@ -145,35 +149,44 @@ fn cool_down(cooldown: &Cooldown, bar: &ProgressBar) {
 
 pub fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let suite = Suite::load(&args.spec)?;
-    bench::device(&suite.run.device)?;
+    bench::device(&suite.run.device)
+        .with_context(|| format!("{}: field `device`", args.spec.display()))?;
     let hardware = probe::probe(ProbeOptions {
         bandwidth: BandwidthMode::Cached,
     })?;
     let threads = suite.threads_for(hardware.cpu.physical_cores);
-    let models = check_models(&suite, &hardware, &threads, args.force)?;
+    let mut models = check_models(&suite, &hardware, &threads, args.force)?;
     let output_path = args
         .output
         .clone()
         .unwrap_or_else(|| Path::new("results").join(format!("{}.csv", suite.name)));
-    let mut results_file = ResultsFile::open(&output_path)?;
 
-    let earlier = results::read(&output_path)?;
+    let earlier = if output_path.exists() {
+        results::read(&output_path)?
+    } else {
+        Vec::new()
+    };
+    // Only this box's rows count: a shared or merged file may hold other boxes' runs.
     let done: HashSet<(String, String, usize)> = earlier
         .iter()
-        .filter(|r| r.spec_hash == suite.hash)
+        .filter(|r| r.spec_hash == suite.hash && r.host == hardware.name)
         .map(|r| config_key(&r.model_filename, &r.test, r.n_threads))
         .collect();
     if args.resume && done.is_empty() {
         bail!(
-            "--resume: {} holds no rows of spec `{}` as it is now (sha256 {})\nhint: run without --resume to start it, or give the -o file the earlier run wrote",
+            "--resume: {} holds no rows of spec `{}` as it is now (sha256 {}) from this box ({})\nhint: run without --resume to start it, or give the -o file the earlier run wrote",
             output_path.display(),
             suite.name,
-            &suite.hash[..12]
+            suite.hash.get(..12).unwrap_or(&suite.hash),
+            hardware.name
         );
     }
+    let mut results_file = ResultsFile::open(&output_path)?;
     let changed = earlier
         .iter()
-        .filter(|r| r.spec_name == suite.name && r.spec_hash != suite.hash)
+        .filter(|r| {
+            r.spec_name == suite.name && r.spec_hash != suite.hash && r.host == hardware.name
+        })
         .count();
     if changed > 0 {
         eprintln!(
@@ -183,6 +196,20 @@ pub fn run_command(args: RunArgs) -> anyhow::Result<()> {
         );
     }
 
+    eprintln!(
+        "spec `{}`{}{}",
+        suite.name,
+        suite
+            .profile
+            .as_ref()
+            .map(|p| format!(" (sized for profile {p})"))
+            .unwrap_or_default(),
+        if suite.description.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", suite.description)
+        }
+    );
     let configurations = suite.configurations(&threads);
     let pending: Vec<&Configuration> = configurations
         .iter()
@@ -220,33 +247,31 @@ pub fn run_command(args: RunArgs) -> anyhow::Result<()> {
     current.enable_steady_tick(Duration::from_millis(120));
 
     let mut rows: Vec<BenchRecord> = Vec::new();
-    let mut prepared: Vec<Option<Prepared>> = (0..models.len()).map(|_| None).collect();
     for (n, config) in pending.iter().enumerate() {
-        let model = &models[config.model];
         if n > 0 {
             cool_down(&suite.cooldown, &current);
         }
-        if prepared[config.model].is_none() {
+        let model = &mut models[config.model];
+        if model.prepared.is_none() {
             if let Some((id, quant)) = &model.to_synthesize {
                 if !model.path.is_file() {
                     current.set_message(format!("synthesizing {id} {}", quant.name));
-                    bars.suspend(|| write_synthetic(id, *quant, &model.path))?;
+                    bars.suspend(|| write_synthetic(id, *quant, &model.path))
+                        .with_context(|| model.label.clone())?;
                 }
             }
             let plan = plan_for(&suite, model, &threads, args.force);
-            let mut ready = session::prepare(&plan, &hardware)?;
-            match &model.sha256 {
-                Some(sha) => ready.set_hash(sha.clone()),
-                None => {
-                    current.set_message(format!("hashing {}", file_name(&model.path)));
-                    ready.hash(&model.path)?;
-                }
-            }
-            prepared[config.model] = Some(ready);
+            let mut ready =
+                session::prepare(&plan, &hardware).with_context(|| model.label.clone())?;
+            current.set_message(format!("hashing {}", file_name(&model.path)));
+            ready.hash(&model.path)?;
+            model.prepared = Some(ready);
         }
-        let Some(ready) = prepared[config.model].as_ref() else {
-            continue;
-        };
+        let model = &models[config.model];
+        let ready = model
+            .prepared
+            .as_ref()
+            .context("internal error: a model was not prepared before its run")?;
         let mut plan = plan_for(&suite, model, &[config.n_threads], args.force);
         plan.run.tests = vec![config.test.clone()];
         let label = format!(
@@ -258,7 +283,8 @@ pub fn run_command(args: RunArgs) -> anyhow::Result<()> {
         current.set_message(label.clone());
         let report = session::run_threads(&plan, ready, config.n_threads, |m| {
             current.set_message(format!("{label}: {m}"))
-        })?;
+        })
+        .with_context(|| format!("{}: {label}", model.label))?;
         for mut record in session::records(&plan, ready, &hardware, &report) {
             record.spec_name = suite.name.clone();
             record.spec_hash = suite.hash.clone();

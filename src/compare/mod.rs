@@ -77,15 +77,26 @@ fn samples(r: &BenchRecord) -> Vec<f64> {
     }
 }
 
-fn pooled(rows: &[BenchRecord]) -> BTreeMap<Configuration, (String, Vec<f64>)> {
+/// Samples per configuration, pooled over the rows of one box. Rows of several boxes for
+/// one configuration are an error: pooling them would compare an average of boxes.
+fn pooled(
+    file: &str,
+    rows: &[BenchRecord],
+) -> Result<BTreeMap<Configuration, (String, Vec<f64>)>, String> {
     let mut by: BTreeMap<Configuration, (String, Vec<f64>)> = BTreeMap::new();
     for r in rows {
         let entry = by
             .entry(configuration(r))
             .or_insert_with(|| (r.host.clone(), Vec::new()));
+        if entry.0 != r.host {
+            return Err(format!(
+                "{file}: {} {} {} at {} threads was measured on two boxes ({} and {})\nhint: pick one box per file with --host-a/--host-b",
+                r.model_filename, r.quant, r.test, r.n_threads, entry.0, r.host
+            ));
+        }
         entry.1.extend(samples(r));
     }
-    by
+    Ok(by)
 }
 
 fn mean_and_variance(x: &[f64]) -> (f64, f64) {
@@ -125,9 +136,9 @@ pub fn compare(
     baseline: &[BenchRecord],
     candidate_name: &str,
     candidate: &[BenchRecord],
-) -> CompareReport {
-    let a = pooled(baseline);
-    let b = pooled(candidate);
+) -> Result<CompareReport, String> {
+    let a = pooled(baseline_name, baseline)?;
+    let b = pooled(candidate_name, candidate)?;
     let side = |host: &str, x: &[f64]| {
         let (mean, variance) = mean_and_variance(x);
         Side {
@@ -167,13 +178,13 @@ pub fn compare(
             significant: p_value.map(|p| p < ALPHA),
         });
     }
-    CompareReport {
+    Ok(CompareReport {
         baseline: baseline_name.to_string(),
         candidate: candidate_name.to_string(),
         comparisons,
         only_in_baseline: a.keys().filter(|k| !b.contains_key(*k)).cloned().collect(),
         only_in_candidate: b.keys().filter(|k| !a.contains_key(*k)).cloned().collect(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -225,7 +236,7 @@ mod tests {
             row("pi5", "tg128", "20;20.4;19.6"),
             row("pi5", "tg128 @ d512", "15;15"),
         ];
-        let report = compare("a.csv", &a, "b.csv", &b);
+        let report = compare("a.csv", &a, "b.csv", &b).unwrap();
         assert_eq!(report.comparisons.len(), 1);
         let c = &report.comparisons[0];
         assert_eq!((c.a.host.as_str(), c.b.host.as_str()), ("pi4", "pi5"));
@@ -240,5 +251,12 @@ mod tests {
         assert_eq!(c.significant, Some(true));
         assert_eq!(report.only_in_baseline[0].test, "pp512");
         assert_eq!(report.only_in_candidate[0].test, "tg128 @ d512");
+    }
+
+    #[test]
+    fn a_file_mixing_boxes_for_one_configuration_is_refused() {
+        let a = [row("pi4", "tg128", "10;11"), row("pi5", "tg128", "20;21")];
+        let err = compare("a.csv", &a, "b.csv", &a[..1]).unwrap_err();
+        assert!(err.contains("a.csv") && err.contains("--host-a"), "{err}");
     }
 }

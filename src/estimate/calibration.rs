@@ -57,8 +57,11 @@ pub fn load_results(dir: &std::path::Path) -> (Vec<BenchRecord>, Vec<String>) {
         .collect();
     paths.sort();
     for path in paths {
-        match crate::results::read(&path) {
-            Ok(rows) => records.extend(rows),
+        match crate::results::load(&path) {
+            Ok(loaded) => {
+                records.extend(loaded.records);
+                problems.extend(loaded.bad_rows.iter().map(|bad| bad.to_string()));
+            }
             Err(err) => problems.push(err.to_string()),
         }
     }

@@ -16,10 +16,12 @@ const HEADER: [&str; 8] = [
 
 fn cells(c: &Comparison) -> Vec<String> {
     let verdict = match c.significant {
+        _ if c.ratio.is_nan() => "A measured 0 tok/s",
         Some(true) if c.ratio > 1.0 => "B faster",
         Some(true) => "B slower",
         Some(false) => "not significant",
-        None => "too few samples",
+        None if c.a.samples < 2 || c.b.samples < 2 => "too few samples",
+        None => "no spread to test",
     };
     vec![
         format!("{} {}", c.configuration.model, c.configuration.quant),

@@ -52,10 +52,15 @@ pub fn model_base(record: &BenchRecord) -> String {
     }
 }
 
-/// What a chart calls one model file: base name, quantization, and whether it is a twin.
+/// What a chart calls one model file: base name, quantization, whether it is a twin, and
+/// the backend when it is not the CPU (a GPU row must not stand in for a CPU one).
 pub fn model_label(record: &BenchRecord) -> String {
     let twin = if record.synthetic { " (synthetic)" } else { "" };
-    format!("{} {}{twin}", model_base(record), record.quant)
+    let backend = match record.backend.as_str() {
+        "" | "cpu" => String::new(),
+        other => format!(" [{other}]"),
+    };
+    format!("{} {}{twin}{backend}", model_base(record), record.quant)
 }
 
 /// One box, summarised from the rows it wrote.

@@ -98,6 +98,9 @@ fn throughput(records: &[BenchRecord], boxes: &[BoxSummary]) -> Planned {
                 .iter()
                 .filter(|(k, _)| k.host == b.host && TestKind::of(&k.test) == kind)
                 .collect();
+            if rows.is_empty() {
+                continue;
+            }
             let categories: Vec<String> = rows
                 .iter()
                 .map(|(k, _)| k.model.clone())
@@ -159,7 +162,10 @@ fn memory(records: &[BenchRecord], boxes: &[BoxSummary]) -> Planned {
     let mut candidates: Vec<_> = best
         .iter()
         .filter(|(k, r)| {
-            TestKind::of(&k.test) == TestKind::Generation && r.n_depth == 0 && r.peak_rss_bytes > 0
+            TestKind::of(&k.test) == TestKind::Generation
+                && r.n_depth == 0
+                && r.peak_rss_bytes > 0
+                && r.avg_ts > 0.0
         })
         .collect();
     candidates.sort_by(|a, b| b.1.avg_ts.total_cmp(&a.1.avg_ts));

@@ -160,22 +160,20 @@ impl ResultsFile {
             .map_err(io)?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io)?;
-        if text.is_empty() {
+        // A header cut short by a crash while the file was being created counts as empty.
+        if text.is_empty() || (!text.contains('\n') && header().starts_with(text.as_str())) {
+            file.set_len(0).map_err(io)?;
+            file.seek(SeekFrom::Start(0)).map_err(io)?;
             file.write_all(format!("{}\n", header()).as_bytes())
                 .map_err(io)?;
         } else {
             if text.lines().next() != Some(header().as_str()) {
                 return Err(ResultsError::OtherSchema { path: name });
             }
-            if !text.ends_with('\n') {
-                match text.rfind('\n') {
-                    Some(i) => file.set_len(i as u64 + 1).map_err(io)?,
-                    // Only the header, without its newline: finish it.
-                    None => {
-                        file.seek(SeekFrom::End(0)).map_err(io)?;
-                        file.write_all(b"\n").map_err(io)?;
-                    }
-                }
+            // A torn last row: cut it off. (A file without a newline at all is a header
+            // cut short, handled above.)
+            if let Some(i) = text.rfind('\n').filter(|_| !text.ends_with('\n')) {
+                file.set_len(i as u64 + 1).map_err(io)?;
             }
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
@@ -430,6 +428,18 @@ mod tests {
             .unwrap();
         let tests: Vec<String> = read(&path).unwrap().into_iter().map(|r| r.test).collect();
         assert_eq!(tests, ["pp512", "tg128"]);
+    }
+
+    #[test]
+    fn a_header_cut_short_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.csv");
+        std::fs::write(&path, &header()[..20]).unwrap();
+        ResultsFile::open(&path)
+            .unwrap()
+            .append(&record("pp512"))
+            .unwrap();
+        assert_eq!(read(&path).unwrap().len(), 1);
     }
 
     #[test]

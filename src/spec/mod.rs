@@ -293,6 +293,47 @@ impl Suite {
                 "name at least one test".into(),
             ));
         }
+        if spec.depths.is_empty() {
+            return Err(invalid(
+                at("depths"),
+                "depths",
+                "name at least one depth, e.g. [0]".into(),
+            ));
+        }
+        // A repeated entry would run a configuration twice and write two rows for it.
+        let repeated = |values: Vec<String>| {
+            let mut seen = std::collections::HashSet::new();
+            values.into_iter().find(|v| !seen.insert(v.clone()))
+        };
+        let repeats = [
+            (
+                "tests",
+                repeated(spec.tests.iter().map(|t| t.trim().to_string()).collect()),
+            ),
+            (
+                "depths",
+                repeated(spec.depths.iter().map(usize::to_string).collect()),
+            ),
+            (
+                "threads",
+                repeated(
+                    spec.threads
+                        .iter()
+                        .flatten()
+                        .map(usize::to_string)
+                        .collect(),
+                ),
+            ),
+        ];
+        for (field, value) in repeats {
+            if let Some(value) = value {
+                return Err(invalid(
+                    at(field),
+                    field,
+                    format!("`{value}` is listed twice"),
+                ));
+            }
+        }
         let mut tests = Vec::new();
         for &depth in &spec.depths {
             for name in &spec.tests {
@@ -331,16 +372,43 @@ impl Suite {
                     })?,
             ),
         };
+        if spec.repetitions == 0 {
+            return Err(invalid(
+                at("repetitions"),
+                "repetitions",
+                "must be 1 or more".into(),
+            ));
+        }
+        if spec.max_repetitions < spec.repetitions {
+            return Err(invalid(
+                at("max_repetitions"),
+                "max_repetitions",
+                format!("must be at least repetitions ({})", spec.repetitions),
+            ));
+        }
+        let device_ok = spec.device == "cpu"
+            || ["cuda:", "metal:"].iter().any(|prefix| {
+                spec.device
+                    .strip_prefix(prefix)
+                    .is_some_and(|n| n.parse::<usize>().is_ok())
+            });
+        if !device_ok {
+            return Err(invalid(
+                at("device"),
+                "device",
+                format!("`{}`: use \"cpu\", \"cuda:N\" or \"metal:N\"", spec.device),
+            ));
+        }
         let cooldown = &spec.cooldown;
         let wait = |seconds: f64| seconds >= 0.0 && seconds.is_finite();
         if !(wait(cooldown.seconds) && wait(cooldown.max_wait_seconds)) {
             return Err(invalid(
-                at("seconds"),
+                at("cooldown"),
                 "cooldown",
                 "waits are seconds of 0 or more".into(),
             ));
         }
-        let repetitions = spec.repetitions.max(1);
+        let repetitions = spec.repetitions;
         Ok(Suite {
             path: PathBuf::from(source_name),
             name: spec.name.trim().to_string(),
@@ -352,7 +420,7 @@ impl Suite {
             run: RunSettings {
                 tests,
                 repetitions,
-                max_repetitions: spec.max_repetitions.max(repetitions),
+                max_repetitions: spec.max_repetitions,
                 target_ci,
                 warmup: spec.warmup,
                 seed: spec.seed,
@@ -463,6 +531,10 @@ cooldown = { seconds = 2, below_c = 60 }
             ("name = \"x\"\nmodels = [{ gguf = \"a.gguf\" }]\ntests = [\"tg8\", \"fast\"]\n", 3, "tests", "`fast`"),
             ("name = \"x\"\nmodels = [{ gguf = \"a.gguf\" }]\ntests = [\"tg8\"\n", 3, "(syntax)", ""),
             ("name = \"x\"\nmodel = []\n", 2, "model", "unknown field"),
+            ("name = \"x\"\nmodels = [{ gguf = \"a.gguf\" }]\ntests = [\"tg8\"]\nthreads = [2, 4, 2]\n", 4, "threads", "`2` is listed twice"),
+            ("name = \"x\"\nmodels = [{ gguf = \"a.gguf\" }]\ntests = [\"tg8\"]\ndepths = []\n", 4, "depths", "at least one depth"),
+            ("name = \"x\"\nmodels = [{ gguf = \"a.gguf\" }]\ntests = [\"tg8\"]\nrepetitions = 0\n", 4, "repetitions", "1 or more"),
+            ("name = \"x\"\nmodels = [{ gguf = \"a.gguf\" }]\ntests = [\"tg8\"]\ndevice = \"gpu\"\n", 4, "device", "cuda:N"),
             ("name = \"x\"\nmodels = [{ gguf = \"${FITBENCH_NO_SUCH_VAR}/a.gguf\" }]\ntests = [\"tg8\"]\n", 2, "models[0].gguf", "FITBENCH_NO_SUCH_VAR"),
         ];
         for (text, line, field, words) in cases {
