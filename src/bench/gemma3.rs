@@ -9,11 +9,11 @@
 //!   stays quantized, rows are dequantized as tokens are looked up, and the tied output
 //!   projection multiplies by the same quantized tensor.
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use super::layers::{metadata, Embedding, Linear, Rope};
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::repeat_kv;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 // The defaults candle's loader uses when the GGUF leaves a key out.
@@ -21,62 +21,20 @@ const DEFAULT_SLIDING_WINDOW_TYPE: usize = 6;
 const DEFAULT_ROPE_FREQUENCY: f32 = 1_000_000.;
 const DEFAULT_ROPE_FREQUENCY_SLIDING: f32 = 10_000.;
 
-/// cos and sin for positions 0..positions at one base frequency.
-#[derive(Debug, Clone)]
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rope {
-    fn new(head_dim: usize, frequency: f32, positions: usize, device: &Device) -> Result<Rope> {
-        let theta: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1f32 / frequency.powf(i as f32 / head_dim as f32))
-            .collect();
-        let theta = Tensor::new(theta.as_slice(), device)?;
-        let angles = Tensor::arange(0, positions as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((positions, 1))?
-            .matmul(&theta.reshape((1, theta.elem_count()))?)?;
-        Ok(Rope {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
-        })
-    }
-
-    fn apply(&self, q: &Tensor, k: &Tensor, pos: usize) -> Result<(Tensor, Tensor)> {
-        let seq_len = q.dim(2)?;
-        if pos + seq_len > self.cos.dim(0)? {
-            candle_core::bail!(
-                "position {} is past the {} positions this model was loaded for",
-                pos + seq_len,
-                self.cos.dim(0)?
-            );
-        }
-        let cos = self.cos.narrow(0, pos, seq_len)?;
-        let sin = self.sin.narrow(0, pos, seq_len)?;
-        Ok((
-            candle_nn::rotary_emb::rope(&q.contiguous()?, &cos, &sin)?,
-            candle_nn::rotary_emb::rope(&k.contiguous()?, &cos, &sin)?,
-        ))
-    }
-}
-
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     attention_norm: RmsNorm,
     post_attention_norm: RmsNorm,
     ffn_norm: RmsNorm,
     post_ffn_norm: RmsNorm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
@@ -109,7 +67,7 @@ impl Layer {
         let v = heads(self.wv.forward(x)?, self.n_kv_head)?;
         let q = self.q_norm.forward(&q.contiguous()?)?;
         let k = self.k_norm.forward(&k.contiguous()?)?;
-        let (q, k) = self.rope.apply(&q, &k, pos)?;
+        let (q, k) = (self.rope.apply(&q, pos)?, self.rope.apply(&k, pos)?);
         let (k, v) = match &self.kv_cache {
             Some((k_cache, v_cache)) if pos > 0 => (
                 Tensor::cat(&[k_cache, &k], 2)?,
@@ -151,61 +109,11 @@ impl Layer {
     }
 }
 
-/// The token embedding, kept in its quantized form.
-struct Embedding {
-    table: Arc<QTensor>,
-    dtype: GgmlDType,
-    vocab: usize,
-    width: usize,
-    row_bytes: usize,
-}
-
-impl Embedding {
-    fn new(table: Arc<QTensor>) -> Result<Embedding> {
-        let (vocab, width) = table.shape().dims2()?;
-        let dtype = table.dtype();
-        if width % dtype.block_size() != 0 {
-            candle_core::bail!("token_embd.weight: a row of {width} is not whole {dtype:?} blocks");
-        }
-        let row_bytes = width / dtype.block_size() * dtype.type_size();
-        Ok(Embedding {
-            table,
-            dtype,
-            vocab,
-            width,
-            row_bytes,
-        })
-    }
-
-    /// The rows of `ids`, dequantized: (batch, seq, width).
-    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let (batch, seq_len) = ids.dims2()?;
-        let data = self.table.data()?;
-        let mut rows = Vec::with_capacity(batch * seq_len);
-        for id in ids.flatten_all()?.to_vec1::<u32>()? {
-            let id = id as usize;
-            if id >= self.vocab {
-                candle_core::bail!(
-                    "token id {id} is outside the {} token vocabulary",
-                    self.vocab
-                );
-            }
-            let bytes = &data[id * self.row_bytes..(id + 1) * self.row_bytes];
-            let row = QTensor::new(
-                QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, self.dtype)?,
-                (1, self.width),
-            )?;
-            rows.push(row.dequantize(&Device::Cpu)?);
-        }
-        Tensor::cat(&rows, 0)?.reshape((batch, seq_len, self.width))
-    }
-}
-
 pub struct Gemma3 {
     embedding: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Linear,
 }
 
 impl Gemma3 {
@@ -216,14 +124,7 @@ impl Gemma3 {
         positions: usize,
     ) -> Result<Gemma3> {
         let device = &Device::Cpu;
-        let get = |key: &str| {
-            content
-                .metadata
-                .get(&format!("gemma3.{key}"))
-                .ok_or_else(|| {
-                    candle_core::Error::Msg(format!("cannot find gemma3.{key} in metadata"))
-                })
-        };
+        let get = |key: &str| metadata(content, "gemma3", key);
         let n_head = get("attention.head_count")?.to_u32()? as usize;
         let n_kv_head = get("attention.head_count_kv")?.to_u32()? as usize;
         let block_count = get("block_count")?.to_u32()? as usize;
@@ -245,20 +146,32 @@ impl Gemma3 {
         }
 
         let positions = positions.max(1);
-        let global_rope = Arc::new(Rope::new(head_dim, global_frequency, positions, device)?);
-        let local_rope = Arc::new(Rope::new(head_dim, local_frequency, positions, device)?);
+        let global_rope = Arc::new(Rope::new(
+            head_dim,
+            global_frequency,
+            positions,
+            false,
+            device,
+        )?);
+        let local_rope = Arc::new(Rope::new(
+            head_dim,
+            local_frequency,
+            positions,
+            false,
+            device,
+        )?);
         let mut tensor = |name: &str| content.tensor(reader, name, device);
         let embedding_table = Arc::new(tensor("token_embd.weight")?);
         let output = match tensor("output.weight") {
-            Ok(t) => QMatMul::from_qtensor(t)?,
+            Ok(t) => Linear::new(Arc::new(t))?,
             // Gemma ties its output projection to the embedding.
-            Err(_) => QMatMul::from_arc(embedding_table.clone())?,
+            Err(_) => Linear::new(embedding_table.clone())?,
         };
         let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
             let mut weight = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
-            let mut matmul = |name: &str| QMatMul::from_qtensor(weight(name)?);
+            let mut matmul = |name: &str| Linear::new(Arc::new(weight(name)?));
             let (wq, wk, wv, wo) = (
                 matmul("attn_q")?,
                 matmul("attn_k")?,

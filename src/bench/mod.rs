@@ -6,6 +6,9 @@
 //! worker process (`fitbench bench-worker`), which also gives each its own peak RSS.
 
 pub mod gemma3;
+pub mod kernels;
+mod layers;
+pub mod llama;
 pub mod model;
 pub mod monitor;
 mod runner;

@@ -23,7 +23,10 @@ pub const SUPPORTED: &[(&str, &str)] = &[
 ];
 
 pub enum Model {
-    Llama(quantized_llama::ModelWeights),
+    /// fitbench's own llama, on the CPU.
+    Llama(super::llama::Llama),
+    /// candle's, on a GPU or for mixture-of-experts files.
+    LlamaCandle(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
     Qwen3(quantized_qwen3::ModelWeights),
     Phi3(quantized_phi3::ModelWeights),
@@ -67,7 +70,13 @@ impl Model {
             .unwrap_or_default();
         let cannot_load = |err| cannot_load(path, &arch, err);
         let loaded = match arch.as_str() {
-            "llama" => Model::Llama(
+            "llama" if device.is_cpu() && !content.metadata.contains_key("llama.expert_count") => {
+                Model::Llama(
+                    super::llama::Llama::from_gguf(&content, &mut file, positions)
+                        .map_err(cannot_load)?,
+                )
+            }
+            "llama" => Model::LlamaCandle(
                 quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(cannot_load)?,
             ),
@@ -104,6 +113,7 @@ impl Model {
     pub fn forward(&mut self, tokens: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
         match self {
             Model::Llama(m) => m.forward(tokens, pos),
+            Model::LlamaCandle(m) => m.forward(tokens, pos),
             Model::Qwen2(m) => m.forward(tokens, pos),
             Model::Qwen3(m) => m.forward(tokens, pos),
             Model::Phi3(m) => m.forward(tokens, pos),
@@ -116,7 +126,8 @@ impl Model {
     /// Empties the KV cache, so the next test starts from position 0.
     pub fn clear(&mut self) {
         match self {
-            Model::Llama(m) => m.clear_kv_cache(),
+            Model::Llama(m) => m.clear(),
+            Model::LlamaCandle(m) => m.clear_kv_cache(),
             Model::Qwen2(m) => m.clear_kv_cache(),
             Model::Qwen3(m) => m.clear_kv_cache(),
             // These reset their cache when a forward starts at position 0.

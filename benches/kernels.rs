@@ -1,0 +1,56 @@
+//! fitbench's quantized matmul kernels against candle's, per format, at generation (m = 1)
+//! and prompt (m = 512) shapes of a 1.1B model's FFN (2048 → 5632).
+//!
+//!     cargo bench --bench kernels            # CANDLE_NUM_THREADS sets the threads
+//!
+//! Prints the median of 20 runs for each, and the ratio.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use fitbench::bench::kernels::{self, Format};
+use std::time::Instant;
+
+fn median_seconds(mut run: impl FnMut()) -> f64 {
+    run();
+    let mut times: Vec<f64> = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn main() -> candle_core::Result<()> {
+    let (n, k) = (5632, 2048);
+    println!("| format | m | candle | fitbench | candle / fitbench |\n|---|---|---|---|---|");
+    for (dtype, format) in [
+        (GgmlDType::Q4_1, Format::Q4_1),
+        (GgmlDType::Q5_0, Format::Q5_0),
+        (GgmlDType::Q5_1, Format::Q5_1),
+    ] {
+        let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+        let quantized = QTensor::quantize(&weights, dtype)?;
+        let bytes = quantized.data()?.to_vec();
+        let candle = QMatMul::from_qtensor(quantized)?;
+        for m in [1, 512] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+            let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let theirs = median_seconds(|| {
+                candle.forward(&x).map(drop).unwrap_or(());
+            });
+            let ours = median_seconds(|| {
+                std::hint::black_box(kernels::matmul(format, &bytes, n, k, &values, m));
+            });
+            println!(
+                "| {dtype:?} | {m} | {:.2} ms | {:.2} ms | {:.2} |",
+                theirs * 1e3,
+                ours * 1e3,
+                theirs / ours
+            );
+        }
+    }
+    Ok(())
+}
