@@ -27,6 +27,7 @@ fn main() -> candle_core::Result<()> {
     let (n, k) = (5632, 2048);
     println!("| format | m | candle | fitbench | candle / fitbench |\n|---|---|---|---|---|");
     for (dtype, format) in [
+        (GgmlDType::Q4_0, Format::Q4_0),
         (GgmlDType::Q4_1, Format::Q4_1),
         (GgmlDType::Q5_0, Format::Q5_0),
         (GgmlDType::Q5_1, Format::Q5_1),
