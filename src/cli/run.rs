@@ -7,8 +7,10 @@ use crate::bench::session::{self, Prepared, SessionPlan};
 use crate::bench::{self, monitor};
 use crate::catalog;
 use crate::estimate::Footprint;
+use crate::gguf::GgufFile;
 use crate::output;
 use crate::probe::{self, BandwidthMode, Hardware, ProbeOptions};
+use crate::profiles;
 use crate::results::{self, BenchRecord, ResultsFile};
 use crate::spec::{Configuration, Cooldown, ModelSource, Suite};
 use anyhow::{bail, Context};
@@ -47,6 +49,23 @@ fn check_models(
     force: bool,
 ) -> anyhow::Result<Vec<ReadyModel>> {
     let spec = suite.path.display();
+    // A suite must also fit the box it says it is sized for: otherwise the spec is wrong.
+    let profile = match &suite.profile {
+        Some(name) => Some((
+            name,
+            profiles::resolve(name).with_context(|| format!("{spec}: field `profile`"))?,
+        )),
+        None => None,
+    };
+    let check_profile = |label: &str, footprint: &Footprint, entry: &ReadyModel| match &profile {
+        Some((name, sized_for)) => session::check_fits(
+            &format!("{label} on profile {name}, the box this suite is sized for"),
+            footprint,
+            &plan_for(suite, entry, threads, force),
+            sized_for,
+        ),
+        None => Ok(()),
+    };
     let mut ready: Vec<ReadyModel> = Vec::new();
     for model in &suite.models {
         let field = &model.field;
@@ -67,12 +86,14 @@ fn check_models(
                     synthetic: true,
                     prepared: None,
                 };
+                let footprint = Footprint::from_catalog(catalog_model, *quant);
                 session::check_fits(
                     &label,
-                    &Footprint::from_catalog(catalog_model, *quant),
+                    &footprint,
                     &plan_for(suite, &entry, threads, force),
                     hardware,
                 )?;
+                check_profile(&label, &footprint, &entry)?;
                 entry
             }
             ModelSource::Gguf { path, sha256 } => {
@@ -100,6 +121,10 @@ fn check_models(
                     );
                 }
                 ready.set_hash(actual);
+                let label = format!("{spec}: {field}");
+                let footprint = Footprint::from_gguf(&GgufFile::open(path)?)
+                    .map_err(|problem| anyhow::anyhow!("{label}: {problem}"))?;
+                check_profile(&label, &footprint, &entry)?;
                 entry.prepared = Some(ready);
                 entry
             }
