@@ -276,7 +276,7 @@ fn write_unsupported_gguf(path: &Path) {
     bytes.extend(8u64.to_le_bytes());
     bytes.extend(0u32.to_le_bytes());
     bytes.extend(0u64.to_le_bytes());
-    while bytes.len() % 32 != 0 {
+    while !bytes.len().is_multiple_of(32) {
         bytes.push(0);
     }
     bytes.extend([0u8; 32]);

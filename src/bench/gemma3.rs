@@ -141,7 +141,7 @@ impl Gemma3 {
         let local_frequency = get("rope.local_freq_base")
             .and_then(|v| v.to_f32())
             .unwrap_or(DEFAULT_ROPE_FREQUENCY_SLIDING);
-        if n_kv_head == 0 || n_head % n_kv_head != 0 {
+        if n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
             candle_core::bail!("gemma3: {n_head} heads cannot share {n_kv_head} key-value heads");
         }
 

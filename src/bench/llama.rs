@@ -94,7 +94,11 @@ impl Llama {
         let frequency = get("rope.freq_base")
             .and_then(|v| v.to_f32())
             .unwrap_or(10_000.);
-        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || width % n_head != 0 {
+        if n_head == 0
+            || n_kv_head == 0
+            || !n_head.is_multiple_of(n_kv_head)
+            || !width.is_multiple_of(n_head)
+        {
             candle_core::bail!("llama: {n_head} heads, {n_kv_head} key-value heads and width {width} do not fit together");
         }
         let device = &Device::Cpu;

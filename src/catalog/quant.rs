@@ -156,7 +156,7 @@ fn more_bits(layer: u64, layers: u64) -> bool {
 /// K-quants need rows that are a multiple of 256; llama.cpp falls back to a 32-block type of
 /// about the same size (a 640-wide Gemma 3 270M gets Q5_0 where Q4_K was asked for).
 fn fit_row(wanted: GgmlType, row: u64) -> GgmlType {
-    if row % wanted.block_size() == 0 {
+    if row.is_multiple_of(wanted.block_size()) {
         return wanted;
     }
     let fallback = match wanted {
@@ -165,7 +165,7 @@ fn fit_row(wanted: GgmlType, row: u64) -> GgmlType {
         GgmlType::Q5_K => GgmlType::Q5_1,
         _ => GgmlType::Q8_0,
     };
-    if row % fallback.block_size() == 0 {
+    if row.is_multiple_of(fallback.block_size()) {
         fallback
     } else {
         GgmlType::F16

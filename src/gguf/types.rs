@@ -105,7 +105,8 @@ impl GgmlType {
 
     /// Bytes for `elements` weights, or None when they do not fill whole blocks.
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
-        (elements % self.block_size() == 0)
+        elements
+            .is_multiple_of(self.block_size())
             .then(|| elements / self.block_size())
             .and_then(|blocks| blocks.checked_mul(self.block_bytes()))
     }
