@@ -24,6 +24,12 @@ fn median_seconds(mut run: impl FnMut()) -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: a timing run
+    // there would only slow the tests down.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("timing runs only under `cargo bench --bench kernels`");
+        return Ok(());
+    }
     let (n, k) = (5632, 2048);
     println!("| format | m | candle | fitbench | candle / fitbench |\n|---|---|---|---|---|");
     for (dtype, format) in [

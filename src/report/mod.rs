@@ -8,8 +8,8 @@ mod glyphs;
 mod markdown;
 
 pub use charts::Format;
-pub use data::{boxes, model_base, model_label, BoxSummary, TestKind};
-pub use figures::Chart;
+pub use data::model_label;
+use figures::Chart;
 
 use crate::results::{self, BadRow, BenchRecord};
 use anyhow::{bail, Context};
