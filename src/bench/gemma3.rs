@@ -9,11 +9,10 @@
 //!   stays quantized, rows are dequantized as tokens are looked up, and the tied output
 //!   projection multiplies by the same quantized tensor.
 
-use super::layers::{metadata, Embedding, Linear, Rope};
+use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::repeat_kv;
 use std::sync::Arc;
 
 // The defaults candle's loader uses when the GGUF leaves a key out.
@@ -35,65 +34,43 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
-    n_head: usize,
-    n_kv_head: usize,
-    head_dim: usize,
+    attention: SelfAttention,
     sliding_window: Option<usize>,
     rope: Arc<Rope>,
-    kv_cache: Option<(Tensor, Tensor)>,
 }
 
 impl Layer {
-    /// 1 where query position `pos + i` may attend to position `j`.
+    /// 1 where query position `pos + i` must not see position `j`: later positions, and
+    /// those outside a sliding window.
     fn mask(&self, seq_len: usize, pos: usize, device: &Device) -> Result<Tensor> {
-        let visible = |i: usize, j: usize| match self.sliding_window {
-            Some(window) => j <= i && i <= j + window,
-            None => j <= i,
+        let hidden = |i: usize, j: usize| match self.sliding_window {
+            Some(window) => j > i || i > j + window,
+            None => j > i,
         };
         let total = pos + seq_len;
-        let mask: Vec<u32> = (pos..total)
-            .flat_map(|i| (0..total).map(move |j| u32::from(visible(i, j))))
+        let mask: Vec<u8> = (pos..total)
+            .flat_map(|i| (0..total).map(move |j| u8::from(hidden(i, j))))
             .collect();
         Tensor::from_slice(&mask, (seq_len, total), device)
     }
 
     fn attention(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
-        let (b, seq_len, _) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            t.reshape((b, seq_len, n, self.head_dim))?.transpose(1, 2)
+        let a = &self.attention;
+        let q = a.heads(self.wq.forward(x)?, a.n_head)?;
+        let k = a.heads(self.wk.forward(x)?, a.n_kv_head)?;
+        let v = a.heads(self.wv.forward(x)?, a.n_kv_head)?;
+        let q = self
+            .rope
+            .apply(&self.q_norm.forward(&q.contiguous()?)?, pos)?;
+        let k = self
+            .rope
+            .apply(&self.k_norm.forward(&k.contiguous()?)?, pos)?;
+        let seq_len = x.dim(1)?;
+        let mask = match seq_len {
+            1 => None,
+            _ => Some(self.mask(seq_len, pos, x.device())?),
         };
-        let q = heads(self.wq.forward(x)?, self.n_head)?;
-        let k = heads(self.wk.forward(x)?, self.n_kv_head)?;
-        let v = heads(self.wv.forward(x)?, self.n_kv_head)?;
-        let q = self.q_norm.forward(&q.contiguous()?)?;
-        let k = self.k_norm.forward(&k.contiguous()?)?;
-        let (q, k) = (self.rope.apply(&q, pos)?, self.rope.apply(&k, pos)?);
-        let (k, v) = match &self.kv_cache {
-            Some((k_cache, v_cache)) if pos > 0 => (
-                Tensor::cat(&[k_cache, &k], 2)?,
-                Tensor::cat(&[v_cache, &v], 2)?,
-            ),
-            _ => (k, v),
-        };
-        self.kv_cache = Some((k.clone(), v.clone()));
-        let k = repeat_kv(k, self.n_head / self.n_kv_head)?;
-        let v = repeat_kv(v, self.n_head / self.n_kv_head)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut weights = (q.matmul(&k.transpose(2, 3)?)? * scale)?;
-        if seq_len > 1 {
-            let mask = self
-                .mask(seq_len, pos, x.device())?
-                .broadcast_as(weights.shape())?;
-            let neg_inf =
-                Tensor::new(f32::NEG_INFINITY, x.device())?.broadcast_as(weights.shape())?;
-            weights = mask.eq(0u32)?.where_cond(&neg_inf, &weights)?;
-        }
-        let weights = candle_nn::ops::softmax_last_dim(&weights)?;
-        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((
-            b,
-            seq_len,
-            self.n_head * self.head_dim,
-        ))?;
+        let out = self.attention.attend(&q, k, v, pos, mask.as_ref())?;
         self.wo.forward(&out)
     }
 
@@ -196,16 +173,13 @@ impl Gemma3 {
                 gate,
                 up,
                 down,
-                n_head,
-                n_kv_head,
-                head_dim,
+                attention: SelfAttention::new(n_head, n_kv_head, head_dim),
                 sliding_window: sliding.then_some(window),
                 rope: if sliding {
                     local_rope.clone()
                 } else {
                     global_rope.clone()
                 },
-                kv_cache: None,
             });
         }
         Ok(Gemma3 {

@@ -5,6 +5,7 @@
 use super::kernels::{self, Format};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_transformers::utils::repeat_kv;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -45,6 +46,11 @@ impl Linear {
                 in_features,
             } => {
                 let dims = x.dims();
+                if dims.last() != Some(in_features) {
+                    candle_core::bail!(
+                        "a {out_features}×{in_features} matrix cannot multiply an input of shape {dims:?}"
+                    );
+                }
                 let m = x.elem_count() / in_features;
                 let values = x.flatten_all()?.to_vec1::<f32>()?;
                 let out = kernels::matmul(
@@ -168,6 +174,71 @@ impl Rope {
         } else {
             candle_nn::rotary_emb::rope(&x, &cos, &sin)
         }
+    }
+}
+
+/// One attention layer's head layout and KV cache: what llama and Gemma 3 share.
+pub struct SelfAttention {
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    kv_cache: Option<(Tensor, Tensor)>,
+}
+
+impl SelfAttention {
+    pub fn new(n_head: usize, n_kv_head: usize, head_dim: usize) -> SelfAttention {
+        SelfAttention {
+            n_head,
+            n_kv_head,
+            head_dim,
+            kv_cache: None,
+        }
+    }
+
+    /// (batch, seq, n × head_dim) → (batch, n, seq, head_dim).
+    pub fn heads(&self, projected: Tensor, n: usize) -> Result<Tensor> {
+        let (b, seq_len, _) = projected.dims3()?;
+        projected
+            .reshape((b, seq_len, n, self.head_dim))?
+            .transpose(1, 2)
+    }
+
+    /// Appends `k` and `v` (at positions `pos..`) to the cache, then softmax(q·kᵀ/√d)·v with
+    /// the positions `mask` marks with 1 hidden; the heads merged back: (batch, seq, width).
+    pub fn attend(
+        &mut self,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        pos: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, _, seq_len, _) = q.dims4()?;
+        let (k, v) = match &self.kv_cache {
+            Some((k_cache, v_cache)) if pos > 0 => (
+                Tensor::cat(&[k_cache, &k], 2)?,
+                Tensor::cat(&[v_cache, &v], 2)?,
+            ),
+            _ => (k, v),
+        };
+        self.kv_cache = Some((k.clone(), v.clone()));
+        let k = repeat_kv(k, self.n_head / self.n_kv_head)?;
+        let v = repeat_kv(v, self.n_head / self.n_kv_head)?;
+        let mut scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        if let Some(mask) = mask {
+            let mask = mask.broadcast_as(scores.shape())?;
+            let neg_inf =
+                Tensor::new(f32::NEG_INFINITY, q.device())?.broadcast_as(scores.shape())?;
+            scores = mask.where_cond(&neg_inf, &scores)?;
+        }
+        candle_nn::ops::softmax_last_dim(&scores)?
+            .matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .reshape((b, seq_len, self.n_head * self.head_dim))
+    }
+
+    pub fn clear(&mut self) {
+        self.kv_cache = None;
     }
 }
 

@@ -5,11 +5,11 @@
 //! use fitbench's kernels (candle's are scalar on x86). Mixture-of-experts files keep
 //! candle's model.
 
-use super::layers::{metadata, Embedding, Linear, Rope};
+use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention};
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::{build_causal_mask, repeat_kv};
+use candle_transformers::utils::build_causal_mask;
 use std::sync::Arc;
 
 struct Layer {
@@ -22,10 +22,7 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
-    n_head: usize,
-    n_kv_head: usize,
-    head_dim: usize,
-    kv_cache: Option<(Tensor, Tensor)>,
+    attention: SelfAttention,
 }
 
 impl Layer {
@@ -36,35 +33,11 @@ impl Layer {
         mask: Option<&Tensor>,
         pos: usize,
     ) -> Result<Tensor> {
-        let (b, seq_len, width) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            t.reshape((b, seq_len, n, self.head_dim))?.transpose(1, 2)
-        };
-        let q = rope.apply(&heads(self.wq.forward(x)?, self.n_head)?, pos)?;
-        let k = rope.apply(&heads(self.wk.forward(x)?, self.n_kv_head)?, pos)?;
-        let v = heads(self.wv.forward(x)?, self.n_kv_head)?.contiguous()?;
-        let (k, v) = match &self.kv_cache {
-            Some((k_cache, v_cache)) if pos > 0 => (
-                Tensor::cat(&[k_cache, &k], 2)?,
-                Tensor::cat(&[v_cache, &v], 2)?,
-            ),
-            _ => (k, v),
-        };
-        self.kv_cache = Some((k.clone(), v.clone()));
-        let k = repeat_kv(k, self.n_head / self.n_kv_head)?;
-        let v = repeat_kv(v, self.n_head / self.n_kv_head)?;
-        let mut scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        if let Some(mask) = mask {
-            let mask = mask.broadcast_as(scores.shape())?;
-            let neg_inf =
-                Tensor::new(f32::NEG_INFINITY, x.device())?.broadcast_as(scores.shape())?;
-            scores = mask.where_cond(&neg_inf, &scores)?;
-        }
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = weights
-            .matmul(&v.contiguous()?)?
-            .transpose(1, 2)?
-            .reshape((b, seq_len, width))?;
+        let a = &self.attention;
+        let q = rope.apply(&a.heads(self.wq.forward(x)?, a.n_head)?, pos)?;
+        let k = rope.apply(&a.heads(self.wk.forward(x)?, a.n_kv_head)?, pos)?;
+        let v = a.heads(self.wv.forward(x)?, a.n_kv_head)?;
+        let out = self.attention.attend(&q, k, v, pos, mask)?;
         self.wo.forward(&out)
     }
 }
@@ -133,10 +106,7 @@ impl Llama {
                 gate,
                 up,
                 down,
-                n_head,
-                n_kv_head,
-                head_dim: width / n_head,
-                kv_cache: None,
+                attention: SelfAttention::new(n_head, n_kv_head, width / n_head),
             });
         }
         Ok(Llama {
@@ -177,7 +147,7 @@ impl Llama {
 
     pub fn clear(&mut self) {
         for layer in &mut self.layers {
-            layer.kv_cache = None;
+            layer.attention.clear();
         }
     }
 }

@@ -9,17 +9,21 @@ use plotters_backend::{
 };
 use std::sync::OnceLock;
 
-fn font() -> &'static FontRef<'static> {
-    static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
-    FONT.get_or_init(|| {
-        // The bytes are compiled in and parsed by the same crate in every build.
-        FontRef::try_from_slice(dejavu::sans::regular()).expect("DejaVu Sans parses")
-    })
+fn font<E: std::error::Error + Send + Sync>(
+) -> Result<&'static FontRef<'static>, DrawingErrorKind<E>> {
+    static FONT: OnceLock<Option<FontRef<'static>>> = OnceLock::new();
+    FONT.get_or_init(|| FontRef::try_from_slice(dejavu::sans::regular()).ok())
+        .as_ref()
+        .ok_or_else(|| {
+            DrawingErrorKind::FontError(Box::new(std::io::Error::other(
+                "the embedded DejaVu Sans font did not load",
+            )))
+        })
 }
 
 /// Width of `text` in pixels at `size`, with kerning.
-fn advance(text: &str, size: f32) -> f32 {
-    let font = font().as_scaled(PxScale::from(size));
+fn advance(font: &FontRef<'static>, text: &str, size: f32) -> f32 {
+    let font = font.as_scaled(PxScale::from(size));
     let mut width = 0.0;
     let mut previous = None;
     for c in text.chars() {
@@ -126,7 +130,10 @@ impl<B: DrawingBackend> DrawingBackend for GlyphBackend<B> {
         style: &S,
     ) -> Result<(u32, u32), DrawingErrorKind<B::ErrorType>> {
         let size = style.size() as f32;
-        Ok((advance(text, size).ceil() as u32, size.ceil() as u32))
+        Ok((
+            advance(font()?, text, size).ceil() as u32,
+            size.ceil() as u32,
+        ))
     }
 
     fn draw_text<S: BackendTextStyle>(
@@ -140,8 +147,9 @@ impl<B: DrawingBackend> DrawingBackend for GlyphBackend<B> {
             return Ok(());
         }
         let size = style.size() as f32;
-        let font = font().as_scaled(PxScale::from(size));
-        let width = advance(text, size);
+        let face = font()?;
+        let font = face.as_scaled(PxScale::from(size));
+        let width = advance(face, text, size);
         let height = font.ascent() - font.descent();
         let anchor = style.anchor();
         let dx = match anchor.h_pos {
