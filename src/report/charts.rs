@@ -2,6 +2,7 @@
 
 use super::data::ThreadSweep;
 use super::glyphs::GlyphBackend;
+use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -439,6 +440,74 @@ fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (low / 1.6, high * 1.6)
 }
 
+/// Splits `root` into the plot and, below it, a legend strip for `entries` rows.
+fn split_legend<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    entries: usize,
+) -> (DrawingArea<DB, Shift>, DrawingArea<DB, Shift>) {
+    root.split_vertically(root.dim_in_pixel().1.saturating_sub(legend_height(entries)))
+}
+
+type LogAxis = WithKeyPoints<LogCoord<f64>>;
+type LogLogChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<LogAxis, LogAxis>>;
+
+/// A log-log chart with ticks at 1, 2 and 5 of each decade and both axes described.
+fn log_log_chart<'a, DB: DrawingBackend>(
+    plot: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    (x_low, x_high): (f64, f64),
+    (y_low, y_high): (f64, f64),
+    x_desc: &str,
+    y_desc: &str,
+) -> Result<LogLogChart<'a, DB>, String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let mut chart = ChartBuilder::on(plot)
+        .caption(title, (FONT, 22))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (x_low..x_high)
+                .log_scale()
+                .with_key_points(log_ticks(x_low, x_high)),
+            (y_low..y_high)
+                .log_scale()
+                .with_key_points(log_ticks(y_low, y_high)),
+        )
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&|v| short_number(*v))
+        .y_label_formatter(&|v| short_number(*v))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
+/// One dot per point, in its series' colour.
+fn draw_dots<DB: DrawingBackend>(
+    chart: &mut LogLogChart<'_, DB>,
+    series: &[(String, RGBColor)],
+    points: &[LabelledPoint],
+) -> Result<(), String> {
+    for (index, (_, color)) in series.iter().enumerate() {
+        let color = *color;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|p| p.series == index)
+                    .map(|p| Circle::new((p.x, p.y), 5, color.filled())),
+            )
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn draw_memory<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
@@ -459,35 +528,15 @@ fn draw_memory<DB: DrawingBackend>(
         .iter()
         .map(|(n, c)| (n.clone(), *c, Mark::Dot))
         .collect();
-    let (plot, legend) = root.split_vertically(
-        root.dim_in_pixel()
-            .1
-            .saturating_sub(legend_height(entries.len())),
-    );
-    let mut chart = ChartBuilder::on(&plot)
-        .caption(title, (FONT, 22))
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (x_low..x_high)
-                .log_scale()
-                .with_key_points(log_ticks(x_low, x_high)),
-            (y_low..y_high)
-                .log_scale()
-                .with_key_points(log_ticks(y_low, y_high)),
-        )
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("peak resident memory (GiB, log scale)")
-        .y_desc(y_desc)
-        .x_label_formatter(&|v| short_number(*v))
-        .y_label_formatter(&|v| short_number(*v))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .draw()
-        .map_err(err)?;
+    let (plot, legend) = split_legend(root, entries.len());
+    let mut chart = log_log_chart(
+        &plot,
+        title,
+        (x_low, x_high),
+        (y_low, y_high),
+        "peak resident memory (GiB, log scale)",
+        y_desc,
+    )?;
     // Past a handful, limit labels pile up; the legend's colours still tell the boxes apart.
     let label_limits = limits.len() <= 6;
     for (k, limit) in limits.iter().enumerate() {
@@ -510,17 +559,7 @@ fn draw_memory<DB: DrawingBackend>(
         )
         .map_err(err)?;
     }
-    for (index, (_, color)) in series.iter().enumerate() {
-        let color = *color;
-        chart
-            .draw_series(
-                points
-                    .iter()
-                    .filter(|p| p.series == index)
-                    .map(|p| Circle::new((p.x, p.y), 5, color.filled())),
-            )
-            .map_err(err)?;
-    }
+    draw_dots(&mut chart, series, points)?;
     // Naming every point helps until they crowd each other.
     if points.len() <= 30 {
         for p in points {
@@ -563,11 +602,7 @@ fn draw_threads<DB: DrawingBackend>(
             )
         })
         .collect();
-    let (plot, legend) = root.split_vertically(
-        root.dim_in_pixel()
-            .1
-            .saturating_sub(legend_height(entries.len())),
-    );
+    let (plot, legend) = split_legend(root, entries.len());
     let mut chart = ChartBuilder::on(&plot)
         .caption(title, (FONT, 22))
         .margin(20)
@@ -633,35 +668,15 @@ fn draw_predicted<DB: DrawingBackend>(
         ("measured = predicted".to_string(), BLACK, Mark::Line),
     ];
     entries.extend(series.iter().map(|(n, c)| (n.clone(), *c, Mark::Dot)));
-    let (plot, legend) = root.split_vertically(
-        root.dim_in_pixel()
-            .1
-            .saturating_sub(legend_height(entries.len())),
-    );
-    let mut chart = ChartBuilder::on(&plot)
-        .caption(title, (FONT, 22))
-        .margin(20)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (low..high)
-                .log_scale()
-                .with_key_points(log_ticks(low, high)),
-            (low..high)
-                .log_scale()
-                .with_key_points(log_ticks(low, high)),
-        )
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("predicted tokens per second (log scale)")
-        .y_desc("measured tokens per second (log scale)")
-        .x_label_formatter(&|v| short_number(*v))
-        .y_label_formatter(&|v| short_number(*v))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .draw()
-        .map_err(err)?;
+    let (plot, legend) = split_legend(root, entries.len());
+    let mut chart = log_log_chart(
+        &plot,
+        title,
+        (low, high),
+        (low, high),
+        "predicted tokens per second (log scale)",
+        "measured tokens per second (log scale)",
+    )?;
     chart
         .draw_series(std::iter::once(Polygon::new(
             vec![
@@ -679,17 +694,7 @@ fn draw_predicted<DB: DrawingBackend>(
             BLACK.stroke_width(1),
         ))
         .map_err(err)?;
-    for (index, (_, color)) in series.iter().enumerate() {
-        let color = *color;
-        chart
-            .draw_series(
-                points
-                    .iter()
-                    .filter(|p| p.series == index)
-                    .map(|p| Circle::new((p.x, p.y), 5, color.filled())),
-            )
-            .map_err(err)?;
-    }
+    draw_dots(&mut chart, series, points)?;
     draw_legend(&legend, &entries, 2)
 }
 
