@@ -5,7 +5,7 @@
 //!
 //! Prints the median of 20 runs for each, and the ratio.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use fitbench::bench::kernels::{self, Format};
 use std::time::Instant;
@@ -32,12 +32,8 @@ fn main() -> candle_core::Result<()> {
     }
     let (n, k) = (5632, 2048);
     println!("| format | m | candle | fitbench | candle / fitbench |\n|---|---|---|---|---|");
-    for (dtype, format) in [
-        (GgmlDType::Q4_0, Format::Q4_0),
-        (GgmlDType::Q4_1, Format::Q4_1),
-        (GgmlDType::Q5_0, Format::Q5_0),
-        (GgmlDType::Q5_1, Format::Q5_1),
-    ] {
+    for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1] {
+        let dtype = format.dtype();
         let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let quantized = QTensor::quantize(&weights, dtype)?;
         let bytes = quantized.data()?.to_vec();

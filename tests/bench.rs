@@ -2,6 +2,8 @@
 
 mod common;
 
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
 use common::{fitbench_in, stderr, test_model, GEMMA3, SMOLLM2};
 use fitbench::gguf::GgufFile;
 use fitbench::results;
@@ -318,104 +320,86 @@ fn bench_rejects_bad_input_clearly_and_writes_nothing() {
 /// activation quantization) candle's logits for SmolLM2 differ by 0.22 rms and fitbench's by
 /// 0.21, so a difference of about 1 between the two is that noise, not a fault.
 fn teacher_forced(
-    mut ours: impl FnMut(&candle_core::Tensor, usize) -> candle_core::Tensor,
-    mut reference: impl FnMut(&candle_core::Tensor, usize) -> candle_core::Tensor,
+    mut ours: impl FnMut(&Tensor, usize) -> candle_core::Result<Tensor>,
+    mut reference: impl FnMut(&Tensor, usize) -> candle_core::Result<Tensor>,
     prompt: &[u32],
-) -> (usize, f32) {
-    use candle_core::{Device, Tensor};
-    let ids = |tokens: &[u32]| {
-        Tensor::new(tokens, &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap()
-    };
-    let next = |logits: &Tensor| {
-        logits
-            .flatten_all()
-            .unwrap()
-            .argmax(0)
-            .unwrap()
-            .to_scalar::<u32>()
-            .unwrap()
-    };
-    let mut ours_logits = ours(&ids(prompt), 0);
-    let mut reference_logits = reference(&ids(prompt), 0);
+) -> candle_core::Result<(usize, f32)> {
+    let ids = |tokens: &[u32]| Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0);
+    let next = |logits: &Tensor| logits.flatten_all()?.argmax(0)?.to_scalar::<u32>();
+    let mut ours_logits = ours(&ids(prompt)?, 0)?;
+    let mut reference_logits = reference(&ids(prompt)?, 0)?;
     let (mut agree, mut worst) = (0, 0f32);
     let mut picks = Vec::new();
     for pos in prompt.len()..prompt.len() + 16 {
-        let difference = (&ours_logits - &reference_logits)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let difference = (&ours_logits - &reference_logits)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
         worst = worst.max(difference);
-        let token = next(&reference_logits);
-        agree += usize::from(next(&ours_logits) == token);
+        let token = next(&reference_logits)?;
+        agree += usize::from(next(&ours_logits)? == token);
         picks.push(token);
-        ours_logits = ours(&ids(&[token]), pos);
-        reference_logits = reference(&ids(&[token]), pos);
+        ours_logits = ours(&ids(&[token])?, pos)?;
+        reference_logits = reference(&ids(&[token])?, pos)?;
     }
     assert!(
         picks.iter().collect::<std::collections::HashSet<_>>().len() > 3,
         "a degenerate answer proves little: {picks:?}"
     );
-    (agree, worst)
+    Ok((agree, worst))
 }
 
-fn gguf(path: &Path) -> (candle_core::quantized::gguf_file::Content, std::fs::File) {
-    let mut file = std::fs::File::open(path).unwrap();
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
-    (content, file)
+fn gguf(path: &Path) -> anyhow::Result<(gguf_file::Content, std::fs::File)> {
+    let mut file = std::fs::File::open(path)?;
+    let content = gguf_file::Content::read(&mut file)?;
+    Ok((content, file))
+}
+
+/// At least 15 of 16 greedy picks agree, and no logit is 2 or more apart.
+fn assert_agree((agree, worst): (usize, f32)) {
+    assert!(agree >= 15, "{agree} of 16 greedy tokens agree");
+    assert!(worst < 2.0, "logits differ by {worst}");
 }
 
 /// fitbench's lean Gemma 3 against candle-transformers' `quantized_gemma3`, the reference it
 /// reimplements with less memory and its own Q5_0 kernel: the same greedy tokens.
 #[test]
-fn the_lean_gemma3_agrees_with_candles_reference() {
+fn the_lean_gemma3_agrees_with_candles_reference() -> anyhow::Result<()> {
     use candle_transformers::models::quantized_gemma3;
     let path = test_model(GEMMA3);
-    let (content, mut file) = gguf(&path);
-    let mut ours = fitbench::bench::gemma3::Gemma3::from_gguf(&content, &mut file, 64).unwrap();
-    let (content, mut file) = gguf(&path);
+    let (content, mut file) = gguf(&path)?;
+    let mut ours = fitbench::bench::gemma3::Gemma3::from_gguf(&content, &mut file, 64)?;
+    let (content, mut file) = gguf(&path)?;
     let mut reference =
-        quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &candle_core::Device::Cpu)
-            .unwrap();
+        quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
     // A fixed prompt: <bos> and five ordinary tokens of Gemma 3's vocabulary.
-    let (agree, worst) = teacher_forced(
-        |x, pos| ours.forward(x, pos).unwrap(),
-        |x, pos| reference.forward(x, pos).unwrap(),
+    assert_agree(teacher_forced(
+        |x, pos| ours.forward(x, pos),
+        |x, pos| reference.forward(x, pos),
         &[2, 818, 5279, 529, 7001, 563],
-    );
-    assert!(agree >= 15, "{agree} of 16 greedy tokens agree");
-    assert!(worst < 2.0, "logits differ by {worst}");
+    )?);
+    Ok(())
 }
 
 /// fitbench's llama (quantized embedding, its own Q4_1 kernels) against candle-transformers'
 /// `quantized_llama` on the real SmolLM2 Q4_1 file: the same greedy tokens, logits within
 /// the noise of 8-bit activations.
 #[test]
-fn the_lean_llama_agrees_with_candles_reference() {
+fn the_lean_llama_agrees_with_candles_reference() -> anyhow::Result<()> {
     use candle_transformers::models::quantized_llama;
     let path = test_model(SMOLLM2);
-    let (content, mut file) = gguf(&path);
-    let mut ours = fitbench::bench::llama::Llama::from_gguf(&content, &mut file, 64).unwrap();
-    let (content, mut file) = gguf(&path);
-    let mut reference =
-        quantized_llama::ModelWeights::from_gguf(content, &mut file, &candle_core::Device::Cpu)
-            .unwrap();
+    let (content, mut file) = gguf(&path)?;
+    let mut ours = fitbench::bench::llama::Llama::from_gguf(&content, &mut file, 64)?;
+    let (content, mut file) = gguf(&path)?;
+    let mut reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
     // A fixed prompt of ordinary tokens from SmolLM2's vocabulary.
-    let (agree, worst) = teacher_forced(
-        |x, pos| ours.forward(x, pos).unwrap(),
-        |x, pos| reference.forward(x, pos).unwrap(),
+    assert_agree(teacher_forced(
+        |x, pos| ours.forward(x, pos),
+        |x, pos| reference.forward(x, pos),
         &[504, 3575, 282, 4649, 314],
-    );
-    assert!(agree >= 15, "{agree} of 16 greedy tokens agree");
-    assert!(worst < 2.0, "logits differ by {worst}");
+    )?);
+    Ok(())
 }
 
 #[test]

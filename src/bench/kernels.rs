@@ -31,6 +31,15 @@ impl Format {
         }
     }
 
+    pub fn dtype(self) -> GgmlDType {
+        match self {
+            Format::Q4_0 => GgmlDType::Q4_0,
+            Format::Q4_1 => GgmlDType::Q4_1,
+            Format::Q5_0 => GgmlDType::Q5_0,
+            Format::Q5_1 => GgmlDType::Q5_1,
+        }
+    }
+
     /// Bytes of one block of 32 weights.
     pub fn block_bytes(self) -> usize {
         match self {
@@ -422,7 +431,7 @@ pub fn matmul(format: Format, weights: &[u8], n: usize, k: usize, x: &[f32], m: 
 mod tests {
     use super::*;
     use candle_core::quantized::{QStorage, QTensor};
-    use candle_core::{Device, Tensor};
+    use candle_core::{Device, Result, Tensor};
     use std::borrow::Cow;
 
     /// Random bytes are valid blocks for these formats once the f16 scales are tamed.
@@ -448,77 +457,60 @@ mod tests {
         bytes
     }
 
+    fn quantized(format: Format, weights: &[u8], n: usize, k: usize) -> Result<QTensor> {
+        let storage = QStorage::from_data(Cow::Borrowed(weights), &Device::Cpu, format.dtype())?;
+        QTensor::new(storage, (n, k))
+    }
+
     /// candle's reference: dequantize the weights, then an f32 matmul.
-    fn reference(format: Format, weights: &[u8], n: usize, k: usize, x: &Tensor) -> Vec<f32> {
-        let dtype = match format {
-            Format::Q4_0 => GgmlDType::Q4_0,
-            Format::Q4_1 => GgmlDType::Q4_1,
-            Format::Q5_0 => GgmlDType::Q5_0,
-            Format::Q5_1 => GgmlDType::Q5_1,
-        };
-        let storage = QStorage::from_data(Cow::Borrowed(weights), &Device::Cpu, dtype).unwrap();
-        let w = QTensor::new(storage, (n, k))
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap();
-        x.matmul(&w.t().unwrap())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
+    fn reference(
+        format: Format,
+        weights: &[u8],
+        n: usize,
+        k: usize,
+        x: &Tensor,
+    ) -> Result<Vec<f32>> {
+        let w = quantized(format, weights, n, k)?.dequantize(&Device::Cpu)?;
+        x.matmul(&w.t()?)?.flatten_all()?.to_vec1()
     }
 
     /// candle's own quantized matmul quantizes activations the same way: the two agree to
     /// float-summation noise.
     #[test]
-    fn every_format_matches_candles_quantized_matmul() {
+    fn every_format_matches_candles_quantized_matmul() -> Result<()> {
         use candle_core::quantized::QMatMul;
         use candle_core::Module;
         let (n, k) = (64, 256);
         for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1] {
             for m in [1, 5] {
                 let weights = random_weights(format, n, k, 3);
-                let dtype = match format {
-                    Format::Q4_0 => GgmlDType::Q4_0,
-                    Format::Q4_1 => GgmlDType::Q4_1,
-                    Format::Q5_0 => GgmlDType::Q5_0,
-                    Format::Q5_1 => GgmlDType::Q5_1,
-                };
-                let storage =
-                    QStorage::from_data(Cow::Borrowed(&weights), &Device::Cpu, dtype).unwrap();
-                let q = QMatMul::from_qtensor(QTensor::new(storage, (n, k)).unwrap()).unwrap();
-                let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-                let candle: Vec<f32> = q
-                    .forward(&x)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
-                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-                let ours = matmul(format, &weights, n, k, &xs, m);
+                let q = QMatMul::from_qtensor(quantized(format, &weights, n, k)?)?;
+                let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+                let candle: Vec<f32> = q.forward(&x)?.flatten_all()?.to_vec1()?;
+                let ours = matmul(format, &weights, n, k, &x.flatten_all()?.to_vec1()?, m);
                 let worst = candle
                     .iter()
                     .zip(&ours)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
                 let scale = candle.iter().fold(0f32, |a, v| a.max(v.abs()));
-                eprintln!("{format:?} m={m}: worst {worst} of scale {scale}");
+                assert!(
+                    worst <= 1e-5 * scale.max(1.0),
+                    "{format:?} m={m}: {worst} of {scale}"
+                );
             }
         }
+        Ok(())
     }
 
     #[test]
-    fn every_format_matches_dequantize_then_matmul() {
+    fn every_format_matches_dequantize_then_matmul() -> Result<()> {
         let (n, k) = (50, 256);
         for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1] {
             for (m, seed) in [(1, 7), (5, 11), (33, 13)] {
                 let weights = random_weights(format, n, k, seed);
-                let x_values: Vec<f32> = Tensor::randn(0f32, 1.0, (m * k,), &Device::Cpu)
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let x_values: Vec<f32> =
+                    Tensor::randn(0f32, 1.0, (m * k,), &Device::Cpu)?.to_vec1()?;
                 // The reference sees the same 8-bit activations, so only the order of the
                 // float sums differs.
                 let mut seen = Vec::new();
@@ -531,8 +523,8 @@ mod tests {
                             .flat_map(|b| b.q.iter().map(move |&q| b.d * f32::from(q))),
                     );
                 }
-                let x = Tensor::from_vec(seen, (m, k), &Device::Cpu).unwrap();
-                let expected = reference(format, &weights, n, k, &x);
+                let x = Tensor::from_vec(seen, (m, k), &Device::Cpu)?;
+                let expected = reference(format, &weights, n, k, &x)?;
                 let got = matmul(format, &weights, n, k, &x_values, m);
                 assert_eq!(got.len(), m * n);
                 let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -560,5 +552,6 @@ mod tests {
                 }
             }
         }
+        Ok(())
     }
 }
