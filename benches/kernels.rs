@@ -7,7 +7,7 @@
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use fitbench::bench::kernels::{self, Format};
+use fitbench::bench::kernels::{Format, Kernel, Tiles};
 use std::time::Instant;
 
 fn median_seconds(mut run: impl FnMut()) -> f64 {
@@ -31,12 +31,13 @@ fn main() -> candle_core::Result<()> {
         return Ok(());
     }
     let (n, k) = (5632, 2048);
+    println!("fitbench kernel: {:?}", Kernel::best());
     println!("| format | m | candle | fitbench | candle / fitbench |\n|---|---|---|---|---|");
-    for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1] {
+    for format in Format::ALL {
         let dtype = format.dtype();
         let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let quantized = QTensor::quantize(&weights, dtype)?;
-        let bytes = quantized.data()?.to_vec();
+        let tiles = Tiles::new(format, &quantized.data()?, n, k)?;
         let candle = QMatMul::from_qtensor(quantized)?;
         for m in [1, 512] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
@@ -45,7 +46,7 @@ fn main() -> candle_core::Result<()> {
                 candle.forward(&x).map(drop).unwrap_or(());
             });
             let ours = median_seconds(|| {
-                std::hint::black_box(kernels::matmul(format, &bytes, n, k, &values, m));
+                let _ = std::hint::black_box(tiles.matmul(&values, m));
             });
             println!(
                 "| {dtype:?} | {m} | {:.2} ms | {:.2} ms | {:.2} |",

@@ -138,17 +138,17 @@ impl Gemma3 {
             device,
         )?);
         let mut tensor = |name: &str| content.tensor(reader, name, device);
-        let embedding_table = Arc::new(tensor("token_embd.weight")?);
-        let output = match tensor("output.weight") {
-            Ok(t) => Linear::new(Arc::new(t))?,
+        let embedding_table = tensor("token_embd.weight")?;
+        let (embedding, output) = match tensor("output.weight") {
+            Ok(t) => (Embedding::new(Arc::new(embedding_table))?, Linear::new(t)?),
             // Gemma ties its output projection to the embedding.
-            Err(_) => Linear::new(embedding_table.clone())?,
+            Err(_) => Linear::tied(embedding_table)?,
         };
         let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
             let mut weight = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
-            let mut matmul = |name: &str| Linear::new(Arc::new(weight(name)?));
+            let mut matmul = |name: &str| Linear::new(weight(name)?);
             let (wq, wk, wv, wo) = (
                 matmul("attn_q")?,
                 matmul("attn_k")?,
@@ -183,7 +183,7 @@ impl Gemma3 {
             });
         }
         Ok(Gemma3 {
-            embedding: Embedding::new(embedding_table)?,
+            embedding,
             layers,
             norm,
             output,

@@ -2,7 +2,7 @@
 //! where candle's are scalar, an embedding that stays quantized, and RoPE tables sized to
 //! the run instead of the model's maximum context.
 
-use super::kernels::{self, Format};
+use super::kernels::{Format, Tiles};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_transformers::utils::repeat_kv;
@@ -11,59 +11,60 @@ use std::sync::Arc;
 
 /// A quantized weight matrix (out × in) applied to the last dimension of its input.
 pub enum Linear {
-    Own {
-        format: Format,
-        weights: Arc<QTensor>,
-        out_features: usize,
-        in_features: usize,
-    },
+    /// Repacked for fitbench's kernels, in place of the file's bytes.
+    Own(Arc<Tiles>),
     Candle(QMatMul),
 }
 
 impl Linear {
-    pub fn new(weights: Arc<QTensor>) -> Result<Linear> {
-        let (out_features, in_features) = weights.shape().dims2()?;
-        match Format::of(weights.dtype()) {
-            Some(format) if in_features % kernels::BLOCK == 0 && weights.device().is_cpu() => {
-                Ok(Linear::Own {
-                    format,
-                    weights,
-                    out_features,
-                    in_features,
-                })
+    pub fn new(weights: QTensor) -> Result<Linear> {
+        match tiles(&weights)? {
+            Some(tiles) => Ok(Linear::Own(Arc::new(tiles))),
+            None => Ok(Linear::Candle(QMatMul::from_qtensor(weights)?)),
+        }
+    }
+
+    /// The output projection tied to the token embedding (Llama 3.2, SmolLM2, Gemma): one
+    /// copy of the table serves both.
+    pub fn tied(table: QTensor) -> Result<(Embedding, Linear)> {
+        let (vocab, width) = table.shape().dims2()?;
+        match tiles(&table)? {
+            Some(tiles) => {
+                let tiles = Arc::new(tiles);
+                let embedding = Embedding {
+                    rows: Rows::Tiled(tiles.clone()),
+                    vocab,
+                    width,
+                };
+                Ok((embedding, Linear::Own(tiles)))
             }
-            _ => Ok(Linear::Candle(QMatMul::from_arc(weights)?)),
+            None => {
+                let table = Arc::new(table);
+                Ok((
+                    Embedding::new(table.clone())?,
+                    Linear::Candle(QMatMul::from_arc(table)?),
+                ))
+            }
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Candle(m) => m.forward(x),
-            Linear::Own {
-                format,
-                weights,
-                out_features,
-                in_features,
-            } => {
+            Linear::Own(tiles) => {
                 let dims = x.dims();
-                if dims.last() != Some(in_features) {
+                if dims.last() != Some(&tiles.k()) {
                     candle_core::bail!(
-                        "a {out_features}×{in_features} matrix cannot multiply an input of shape {dims:?}"
+                        "a {}×{} matrix cannot multiply an input of shape {dims:?}",
+                        tiles.rows(),
+                        tiles.k()
                     );
                 }
-                let m = x.elem_count() / in_features;
-                let values = x.flatten_all()?.to_vec1::<f32>()?;
-                let out = kernels::matmul(
-                    *format,
-                    &weights.data()?,
-                    *out_features,
-                    *in_features,
-                    &values,
-                    m,
-                );
+                let m = x.elem_count() / tiles.k();
+                let out = tiles.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m)?;
                 let mut shape = dims.to_vec();
                 if let Some(last) = shape.last_mut() {
-                    *last = *out_features;
+                    *last = tiles.rows();
                 }
                 Tensor::from_vec(out, shape, x.device())
             }
@@ -71,14 +72,33 @@ impl Linear {
     }
 }
 
+/// `weights` repacked for fitbench's kernels, where its format and shape allow.
+fn tiles(weights: &QTensor) -> Result<Option<Tiles>> {
+    let (rows, k) = weights.shape().dims2()?;
+    match Format::of(weights.dtype()) {
+        Some(format) if Tiles::fit(rows, k) && weights.device().is_cpu() => {
+            Ok(Some(Tiles::new(format, &weights.data()?, rows, k)?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The token embedding, kept in its quantized form: rows are dequantized as tokens are
 /// looked up, instead of holding vocab × width f32 values (2.1 GB for Llama 3 8B).
 pub struct Embedding {
-    table: Arc<QTensor>,
-    dtype: GgmlDType,
+    rows: Rows,
     vocab: usize,
     pub width: usize,
-    row_bytes: usize,
+}
+
+enum Rows {
+    Quantized {
+        table: Arc<QTensor>,
+        dtype: GgmlDType,
+        row_bytes: usize,
+    },
+    /// Shared with a tied output projection.
+    Tiled(Arc<Tiles>),
 }
 
 impl Embedding {
@@ -90,20 +110,22 @@ impl Embedding {
         }
         let row_bytes = width / dtype.block_size() * dtype.type_size();
         Ok(Embedding {
-            table,
-            dtype,
+            rows: Rows::Quantized {
+                table,
+                dtype,
+                row_bytes,
+            },
             vocab,
             width,
-            row_bytes,
         })
     }
 
     /// The rows of `ids`, dequantized: (batch, seq, width).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (batch, seq_len) = ids.dims2()?;
-        let data = self.table.data()?;
-        let mut rows = Vec::with_capacity(batch * seq_len);
-        for id in ids.flatten_all()?.to_vec1::<u32>()? {
+        let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let mut values = vec![0f32; ids.len() * self.width];
+        for (id, out) in ids.into_iter().zip(values.chunks_exact_mut(self.width)) {
             let id = id as usize;
             if id >= self.vocab {
                 candle_core::bail!(
@@ -111,14 +133,24 @@ impl Embedding {
                     self.vocab
                 );
             }
-            let bytes = &data[id * self.row_bytes..(id + 1) * self.row_bytes];
-            let row = QTensor::new(
-                QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, self.dtype)?,
-                (1, self.width),
-            )?;
-            rows.push(row.dequantize(&Device::Cpu)?);
+            match &self.rows {
+                Rows::Tiled(tiles) => tiles.dequantize_row(id, out)?,
+                Rows::Quantized {
+                    table,
+                    dtype,
+                    row_bytes,
+                } => {
+                    let data = table.data()?;
+                    let bytes = &data[id * row_bytes..(id + 1) * row_bytes];
+                    let row = QTensor::new(
+                        QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, *dtype)?,
+                        (1, self.width),
+                    )?;
+                    out.copy_from_slice(&row.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?);
+                }
+            }
         }
-        Tensor::cat(&rows, 0)?.reshape((batch, seq_len, self.width))
+        Tensor::from_vec(values, (batch, seq_len, self.width), &Device::Cpu)
     }
 }
 

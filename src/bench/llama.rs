@@ -76,17 +76,16 @@ impl Llama {
         }
         let device = &Device::Cpu;
         let mut tensor = |name: &str| content.tensor(reader, name, device);
-        let embedding_table = Arc::new(tensor("token_embd.weight")?);
-        let output = match tensor("output.weight") {
-            Ok(t) => Linear::new(Arc::new(t))?,
+        let embedding_table = tensor("token_embd.weight")?;
+        let (embedding, output) = match tensor("output.weight") {
+            Ok(t) => (Embedding::new(Arc::new(embedding_table))?, Linear::new(t)?),
             // Tied embeddings (Llama 3.2, SmolLM2): the output projection is the embedding.
-            Err(_) => Linear::new(embedding_table.clone())?,
+            Err(_) => Linear::tied(embedding_table)?,
         };
         let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
-            let mut linear =
-                |name: &str| Linear::new(Arc::new(tensor(&format!("blk.{i}.{name}.weight"))?));
+            let mut linear = |name: &str| Linear::new(tensor(&format!("blk.{i}.{name}.weight"))?);
             let (wq, wk, wv, wo) = (
                 linear("attn_q")?,
                 linear("attn_k")?,
@@ -110,7 +109,7 @@ impl Llama {
             });
         }
         Ok(Llama {
-            embedding: Embedding::new(embedding_table)?,
+            embedding,
             layers,
             norm,
             output,
