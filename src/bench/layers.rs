@@ -2,7 +2,7 @@
 //! where candle's are scalar, an embedding that stays quantized, and RoPE tables sized to
 //! the run instead of the model's maximum context.
 
-use super::kernels::{Format, Tiles};
+use super::kernels::{Format, Kernel, Tiles};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_transformers::utils::repeat_kv;
@@ -75,8 +75,13 @@ impl Linear {
 /// `weights` repacked for fitbench's kernels, where its format and shape allow.
 fn tiles(weights: &QTensor) -> Result<Option<Tiles>> {
     let (rows, k) = weights.shape().dims2()?;
+    // Without x86 SIMD (a Pi) the K formats keep candle's kernels, which have NEON paths;
+    // fitbench's portable K loops are only the reference the SIMD kernels are tested against.
+    let here = |format: Format| !format.is_k() || Kernel::best() != Kernel::Portable;
     match Format::of(weights.dtype()) {
-        Some(format) if Tiles::fit(rows, k) && weights.device().is_cpu() => {
+        Some(format)
+            if Tiles::fit(format, rows, k) && here(format) && weights.device().is_cpu() =>
+        {
             Ok(Some(Tiles::new(format, &weights.data()?, rows, k)?))
         }
         _ => Ok(None),

@@ -1,0 +1,1007 @@
+//! Quantized matrix products for the GGML block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+//! Q5_K and Q6_K. candle 0.11 runs Q4_1 and Q5_1 with scalar code on x86 (87% of a SmolLM2
+//! Q4_1 prompt pass was its `vec_dot_unopt`, by perf), batches no prompt rows, and keeps a
+//! second, repacked copy of Q8_0, Q4_K and Q6_K weights.
+//!
+//! Weights are repacked once, at load, into tiles of 16 rows ([`Tiles`]): 4 quant bytes of
+//! each of the 16 rows sit side by side, so one 64-byte load feeds 16 rows and one AVX-512
+//! VNNI `dpbusd` does 4 multiply-adds for each. The repacked weights replace the file's bytes
+//! (within 3%), so nothing is held twice. Activations are quantized to 8 bits once per row,
+//! exactly as candle does (Q8_0/Q8_1 blocks of 32, Q8_K blocks of 256 for the K formats), and
+//! every block's sum stays an exact integer, as in candle. Three kernels, chosen at run time:
+//! AVX-512 VNNI, AVX2, and a portable one that the compiler vectorizes. Tiles are split
+//! across candle's own thread pool, so the two never compete.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::Result;
+use half::f16;
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Values per block of the 32-value formats, and per unit of a K-format super-block: the
+/// span one pass of 8 `dpbusd` covers.
+pub const BLOCK: usize = 32;
+/// Values per K-format super-block.
+pub const SUPER_BLOCK: usize = 256;
+/// Weight rows interleaved in one tile: an AVX-512 register holds 4 quants of each.
+pub const TILE: usize = 16;
+/// 4-value groups per 32-value unit.
+const GROUPS: usize = BLOCK / 4;
+
+/// A weight format these kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl Format {
+    pub const ALL: [Format; 8] = [
+        Format::Q4_0,
+        Format::Q4_1,
+        Format::Q5_0,
+        Format::Q5_1,
+        Format::Q8_0,
+        Format::Q4K,
+        Format::Q5K,
+        Format::Q6K,
+    ];
+
+    pub fn of(dtype: GgmlDType) -> Option<Format> {
+        Format::ALL.into_iter().find(|f| f.dtype() == dtype)
+    }
+
+    pub fn dtype(self) -> GgmlDType {
+        match self {
+            Format::Q4_0 => GgmlDType::Q4_0,
+            Format::Q4_1 => GgmlDType::Q4_1,
+            Format::Q5_0 => GgmlDType::Q5_0,
+            Format::Q5_1 => GgmlDType::Q5_1,
+            Format::Q8_0 => GgmlDType::Q8_0,
+            Format::Q4K => GgmlDType::Q4K,
+            Format::Q5K => GgmlDType::Q5K,
+            Format::Q6K => GgmlDType::Q6K,
+        }
+    }
+
+    /// Bytes of one block in the file.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Format::Q4_0 => 18,
+            Format::Q4_1 => 20,
+            Format::Q5_0 => 22,
+            Format::Q5_1 => 24,
+            Format::Q8_0 => 34,
+            Format::Q4K => 144,
+            Format::Q5K => 176,
+            Format::Q6K => 210,
+        }
+    }
+
+    /// Values per block.
+    pub fn block_values(self) -> usize {
+        if self.is_k() {
+            SUPER_BLOCK
+        } else {
+            BLOCK
+        }
+    }
+
+    /// The 256-value super-block formats.
+    pub fn is_k(self) -> bool {
+        matches!(self, Format::Q4K | Format::Q5K | Format::Q6K)
+    }
+
+    /// 32-value units per block.
+    fn units(self) -> usize {
+        self.block_values() / BLOCK
+    }
+
+    /// Quant bytes per row of a block in the tiles: a nibble per value, or Q8_0's bytes.
+    fn quant_bytes(self) -> usize {
+        match self {
+            Format::Q8_0 => BLOCK,
+            _ => self.block_values() / 2,
+        }
+    }
+
+    /// Bits above the nibble: Q5's fifth, Q6_K's fifth and sixth.
+    fn high_planes(self) -> usize {
+        match self {
+            Format::Q5_0 | Format::Q5_1 | Format::Q5K => 1,
+            Format::Q6K => 2,
+            _ => 0,
+        }
+    }
+
+    /// Whether blocks carry an f16 minimum (Q4_1, Q5_1) or super-block minimum scale (Q4_K,
+    /// Q5_K).
+    fn has_min(self) -> bool {
+        matches!(
+            self,
+            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K
+        )
+    }
+
+    /// Integer scales per K-format super-block: one per 32 values, Q6_K's one per 16.
+    fn sub_blocks(self) -> usize {
+        match self {
+            Format::Q4K | Format::Q5K => 8,
+            Format::Q6K => 16,
+            _ => 0,
+        }
+    }
+
+    /// What a stored value carries on top of the real one (Q4_0 stores v + 8).
+    fn bias(self) -> i32 {
+        match self {
+            Format::Q4_0 => 8,
+            Format::Q5_0 => 16,
+            Format::Q6K => 32,
+            _ => 0,
+        }
+    }
+}
+
+/// One block as the file stores it, taken apart.
+struct Unpacked {
+    /// Stored values (bias included; Q8_0's are signed bytes).
+    values: [u8; SUPER_BLOCK],
+    /// f16 bits of the scale, and of the minimum where there is one.
+    scale: u16,
+    min: u16,
+    /// K formats: integer scale per sub-block (Q6_K's are signed), minimum per unit.
+    sub_scales: [u8; 16],
+    sub_mins: [u8; 8],
+}
+
+fn f16_bits(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+/// The 6-bit scale and minimum of sub-block j of a Q4_K or Q5_K super-block.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+impl Unpacked {
+    fn new(format: Format, block: &[u8]) -> Unpacked {
+        let mut u = Unpacked {
+            values: [0; SUPER_BLOCK],
+            scale: f16_bits(block, 0),
+            min: 0,
+            sub_scales: [0; 16],
+            sub_mins: [0; 8],
+        };
+        let nibbles = |qs: &[u8], values: &mut [u8]| {
+            for (j, &byte) in qs.iter().enumerate() {
+                values[j] = byte & 0x0f;
+                values[j + qs.len()] = byte >> 4;
+            }
+        };
+        let fifth_bits = |high: u32, values: &mut [u8]| {
+            for (j, v) in values.iter_mut().enumerate().take(BLOCK) {
+                *v |= (((high >> j) & 1) as u8) << 4;
+            }
+        };
+        let high = |at: usize| {
+            u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]])
+        };
+        match format {
+            Format::Q4_0 => nibbles(&block[2..18], &mut u.values),
+            Format::Q4_1 => {
+                u.min = f16_bits(block, 2);
+                nibbles(&block[4..20], &mut u.values);
+            }
+            Format::Q5_0 => {
+                nibbles(&block[6..22], &mut u.values);
+                fifth_bits(high(2), &mut u.values);
+            }
+            Format::Q5_1 => {
+                u.min = f16_bits(block, 2);
+                nibbles(&block[8..24], &mut u.values);
+                fifth_bits(high(4), &mut u.values);
+            }
+            Format::Q8_0 => u.values[..BLOCK].copy_from_slice(&block[2..34]),
+            Format::Q4K | Format::Q5K => {
+                u.min = f16_bits(block, 2);
+                let scales = &block[4..16];
+                for j in 0..8 {
+                    (u.sub_scales[j], u.sub_mins[j]) = scale_min_k4(j, scales);
+                }
+                // Each 32 bytes hold 64 values: 32 in the low nibbles, then 32 in the high.
+                let (qh, qs) = if format == Format::Q5K {
+                    (Some(&block[16..48]), &block[48..176])
+                } else {
+                    (None, &block[16..144])
+                };
+                for (i, qs) in qs.chunks_exact(32).enumerate() {
+                    let values = &mut u.values[64 * i..64 * (i + 1)];
+                    nibbles(qs, values);
+                    if let Some(qh) = qh {
+                        for (l, &h) in qh.iter().enumerate() {
+                            values[l] |= ((h >> (2 * i)) & 1) << 4;
+                            values[l + 32] |= ((h >> (2 * i + 1)) & 1) << 4;
+                        }
+                    }
+                }
+            }
+            Format::Q6K => {
+                let (ql, qh) = (&block[0..128], &block[128..192]);
+                u.sub_scales.copy_from_slice(&block[192..208]);
+                u.scale = f16_bits(block, 208);
+                for n in 0..2 {
+                    let (ql, qh) = (&ql[64 * n..64 * (n + 1)], &qh[32 * n..32 * (n + 1)]);
+                    let values = &mut u.values[128 * n..128 * (n + 1)];
+                    for l in 0..32 {
+                        values[l] = (ql[l] & 0xf) | ((qh[l] & 3) << 4);
+                        values[l + 32] = (ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4);
+                        values[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                        values[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                    }
+                }
+            }
+        }
+        u
+    }
+}
+
+/// 32 activations as 8-bit integers, for the 32-value formats: value ≈ d × q; `s` = d × Σq,
+/// for the formats with a minimum. The rounding matches candle's `BlockQ8_1::from_float`,
+/// f16 scales included.
+#[derive(Debug, Clone, Copy)]
+pub struct Activations {
+    d: f32,
+    s: f32,
+    /// Σq, to take a stored bias out of a block's integer sum.
+    sum: i32,
+    q: [i8; BLOCK],
+}
+
+pub fn quantize_row(x: &[f32], out: &mut Vec<Activations>) {
+    out.clear();
+    for block in x.chunks_exact(BLOCK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut q = [0i8; BLOCK];
+        let mut sum = 0i32;
+        for (q, v) in q.iter_mut().zip(block) {
+            *q = (v * inverse).round() as i8;
+            sum += i32::from(*q);
+        }
+        let d = f16::from_f32(d);
+        out.push(Activations {
+            d: d.to_f32(),
+            s: (f16::from_f32(sum as f32) * d).to_f32(),
+            sum,
+            q,
+        });
+    }
+}
+
+/// 256 activations as 8-bit integers, for the K formats, rounded as candle's
+/// `BlockQ8K::from_float`: value ≈ d × q, with the sum of each 16.
+#[derive(Debug, Clone, Copy)]
+pub struct ActivationsK {
+    d: f32,
+    sums: [i32; 16],
+    q: [i8; SUPER_BLOCK],
+}
+
+pub fn quantize_row_k(x: &[f32], out: &mut Vec<ActivationsK>) {
+    out.clear();
+    for block in x.chunks_exact(SUPER_BLOCK) {
+        let mut a = ActivationsK {
+            d: 0.0,
+            sums: [0; 16],
+            q: [0; SUPER_BLOCK],
+        };
+        // The signed value of largest magnitude maps to -127.
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in block {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax != 0.0 {
+            let inverse = -127.0 / max;
+            for (q, v) in a.q.iter_mut().zip(block) {
+                *q = (inverse * v).round().clamp(-128.0, 127.0) as i8;
+            }
+            for (sum, q) in a.sums.iter_mut().zip(a.q.chunks_exact(16)) {
+                *sum = q.iter().map(|&q| i32::from(q)).sum();
+            }
+            a.d = 1.0 / inverse;
+        }
+        out.push(a);
+    }
+}
+
+/// Which code runs the tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Portable,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Kernel {
+        Kernel::available()
+            .last()
+            .copied()
+            .unwrap_or(Kernel::Portable)
+    }
+
+    /// Every kernel this CPU runs, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        [Kernel::Portable, Kernel::Avx2, Kernel::Avx512Vnni]
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect()
+    }
+
+    fn supported(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => x86::avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::avx512_vnni(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Activation rows one pass over a tile serves: enough to hide the weight decoding,
+    /// few enough that the accumulators stay in registers.
+    fn columns(self) -> usize {
+        match self {
+            Kernel::Avx512Vnni => 8,
+            Kernel::Avx2 | Kernel::Portable => 4,
+        }
+    }
+}
+
+/// A weight matrix (rows × k) in one of the formats, repacked into tiles of 16 rows. Every
+/// array is ordered tile, then block, so a tile's data streams in order.
+pub struct Tiles {
+    format: Format,
+    rows: usize,
+    k: usize,
+    /// Blocks per row.
+    blocks: usize,
+    /// [tile][block][unit][chunk][row in tile][4 bytes]. Nibble formats have 4 chunks per
+    /// unit: chunk h holds values 4h..4h+4 of the unit in its low nibbles and 16+4h.. in its
+    /// high ones (for the 32-value formats, the file's own byte order within a row). Q8_0 has
+    /// 8 chunks of signed bytes.
+    quants: Vec<u8>,
+    /// [tile][block][plane][unit][group]: bit 4r + j is bit 4 + plane of value 4·group + j of
+    /// the unit, in row r.
+    high: Vec<u64>,
+    /// f16 bits, [tile][block][row in tile].
+    scales: Vec<u16>,
+    /// f16 bits, laid out as `scales`: Q4_1 and Q5_1's minimum, Q4_K and Q5_K's minimum scale.
+    mins: Vec<u16>,
+    /// K formats, [tile][block][sub-block][row in tile] (Q6_K's are signed).
+    sub_scales: Vec<u8>,
+    /// Q4_K and Q5_K, [tile][block][unit][row in tile].
+    sub_mins: Vec<u8>,
+}
+
+impl Tiles {
+    /// Whether a rows × k matrix in `format` can be tiled; other shapes use candle's kernels.
+    pub fn fit(format: Format, rows: usize, k: usize) -> bool {
+        rows.is_multiple_of(TILE) && k.is_multiple_of(format.block_values()) && rows > 0 && k > 0
+    }
+
+    /// Repacks `bytes`, the file's rows × k matrix in `format`.
+    pub fn new(format: Format, bytes: &[u8], rows: usize, k: usize) -> Result<Tiles> {
+        if !Tiles::fit(format, rows, k) {
+            candle_core::bail!(
+                "a {rows}×{k} {:?} matrix is not whole tiles of {TILE} rows and {}-value blocks",
+                format.dtype(),
+                format.block_values()
+            );
+        }
+        let blocks = k / format.block_values();
+        let block_bytes = format.block_bytes();
+        if bytes.len() != rows * blocks * block_bytes {
+            candle_core::bail!(
+                "a {rows}×{k} {:?} matrix takes {} bytes, not {}",
+                format.dtype(),
+                rows * blocks * block_bytes,
+                bytes.len()
+            );
+        }
+        let (quant_bytes, units, planes) =
+            (format.quant_bytes(), format.units(), format.high_planes());
+        let tile_blocks = rows / TILE * blocks;
+        let mut packed = Tiles {
+            format,
+            rows,
+            k,
+            blocks,
+            quants: vec![0; rows * blocks * quant_bytes],
+            high: vec![0; tile_blocks * planes * units * GROUPS],
+            scales: vec![0; rows * blocks],
+            mins: vec![0; if format.has_min() { rows * blocks } else { 0 }],
+            sub_scales: vec![0; rows * blocks * format.sub_blocks()],
+            sub_mins: vec![
+                0;
+                if format.has_min() && format.is_k() {
+                    rows * blocks * units
+                } else {
+                    0
+                }
+            ],
+        };
+        for (row, row_bytes) in bytes.chunks_exact(blocks * block_bytes).enumerate() {
+            let (tile, r) = (row / TILE, row % TILE);
+            for (b, block) in row_bytes.chunks_exact(block_bytes).enumerate() {
+                let tb = tile * blocks + b;
+                let u = Unpacked::new(format, block);
+                packed.scales[tb * TILE + r] = u.scale;
+                if format.has_min() {
+                    packed.mins[tb * TILE + r] = u.min;
+                }
+                for s in 0..format.sub_blocks() {
+                    packed.sub_scales[(tb * format.sub_blocks() + s) * TILE + r] = u.sub_scales[s];
+                }
+                if !packed.sub_mins.is_empty() {
+                    for unit in 0..units {
+                        packed.sub_mins[(tb * units + unit) * TILE + r] = u.sub_mins[unit];
+                    }
+                }
+                let quants = &mut packed.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
+                if format == Format::Q8_0 {
+                    for (c, four) in u.values[..BLOCK].chunks_exact(4).enumerate() {
+                        quants[(c * TILE + r) * 4..][..4].copy_from_slice(four);
+                    }
+                    continue;
+                }
+                for (i, &v) in u.values[..format.block_values()].iter().enumerate() {
+                    let (unit, i) = (i / BLOCK, i % BLOCK);
+                    let chunk = unit * 4 + (i % 16) / 4;
+                    let at = (chunk * TILE + r) * 4 + i % 4;
+                    quants[at] |= if i < 16 { v & 0x0f } else { (v & 0x0f) << 4 };
+                    for plane in 0..planes {
+                        let bit = u64::from((v >> (4 + plane)) & 1);
+                        let g = ((tb * planes + plane) * units + unit) * GROUPS + i / 4;
+                        packed.high[g] |= bit << (4 * r + i % 4);
+                    }
+                }
+            }
+        }
+        Ok(packed)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Stored value i (of the block's values) of row r in tile-block tb.
+    fn value(&self, tb: usize, r: usize, i: usize) -> u8 {
+        let quant_bytes = self.format.quant_bytes();
+        let quants = &self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
+        if self.format == Format::Q8_0 {
+            return quants[((i / 4) * TILE + r) * 4 + i % 4];
+        }
+        let (unit, j) = (i / BLOCK, i % BLOCK);
+        let byte = quants[((unit * 4 + (j % 16) / 4) * TILE + r) * 4 + j % 4];
+        let mut value = if j < 16 { byte & 0x0f } else { byte >> 4 };
+        let (planes, units) = (self.format.high_planes(), self.format.units());
+        for plane in 0..planes {
+            let g = ((tb * planes + plane) * units + unit) * GROUPS + j / 4;
+            value |= (((self.high[g] >> (4 * r + j % 4)) & 1) as u8) << (4 + plane);
+        }
+        value
+    }
+
+    /// Row r of tile-block tb as real integer values (the stored bias taken out).
+    fn decode(&self, tb: usize, r: usize, values: &mut [i32]) {
+        let bias = self.format.bias();
+        for (i, v) in values.iter_mut().enumerate() {
+            let stored = self.value(tb, r, i);
+            *v = if self.format == Format::Q8_0 {
+                i32::from(stored as i8)
+            } else {
+                i32::from(stored) - bias
+            };
+        }
+    }
+
+    fn scale(&self, tb: usize, r: usize) -> f32 {
+        f16::from_bits(self.scales[tb * TILE + r]).to_f32()
+    }
+
+    fn min(&self, tb: usize, r: usize) -> f32 {
+        self.mins
+            .get(tb * TILE + r)
+            .map_or(0.0, |&bits| f16::from_bits(bits).to_f32())
+    }
+
+    fn sub_scale(&self, tb: usize, s: usize, r: usize) -> i32 {
+        let byte = self.sub_scales[(tb * self.format.sub_blocks() + s) * TILE + r];
+        if self.format == Format::Q6K {
+            i32::from(byte as i8)
+        } else {
+            i32::from(byte)
+        }
+    }
+
+    fn sub_min(&self, tb: usize, unit: usize, r: usize) -> i32 {
+        i32::from(self.sub_mins[(tb * self.format.units() + unit) * TILE + r])
+    }
+
+    /// Row `row`, dequantized into `out` (k values), with candle's arithmetic.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        if row >= self.rows || out.len() != self.k {
+            candle_core::bail!(
+                "row {row} of a {}×{} matrix cannot fill {} values",
+                self.rows,
+                self.k,
+                out.len()
+            );
+        }
+        let (tile, r) = (row / TILE, row % TILE);
+        let mut values = [0i32; SUPER_BLOCK];
+        for (b, out) in out.chunks_exact_mut(self.format.block_values()).enumerate() {
+            let tb = tile * self.blocks + b;
+            let values = &mut values[..out.len()];
+            self.decode(tb, r, values);
+            let (scale, min) = (self.scale(tb, r), self.min(tb, r));
+            for (i, (o, &v)) in out.iter_mut().zip(values.iter()).enumerate() {
+                *o = match self.format {
+                    Format::Q4K | Format::Q5K => {
+                        let unit = i / BLOCK;
+                        scale * self.sub_scale(tb, unit, r) as f32 * v as f32
+                            - min * self.sub_min(tb, unit, r) as f32
+                    }
+                    Format::Q6K => scale * self.sub_scale(tb, i / 16, r) as f32 * v as f32,
+                    _ => scale * v as f32 + min,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// `x` (m × k, row-major) times the transpose of these weights: the m × rows result,
+    /// row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.matmul_with(Kernel::best(), x, m)
+    }
+
+    /// [`Tiles::matmul`] with a chosen kernel; one this CPU lacks runs the portable one.
+    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        if x.len() != m * self.k {
+            candle_core::bail!(
+                "{} values are not {m} rows of {} for a {}×{} matrix",
+                x.len(),
+                self.k,
+                self.rows,
+                self.k
+            );
+        }
+        let kernel = if kernel.supported() {
+            kernel
+        } else {
+            Kernel::Portable
+        };
+        if self.format.is_k() {
+            self.run::<ActivationsK>(kernel, x, m)
+        } else {
+            self.run::<Activations>(kernel, x, m)
+        }
+    }
+
+    fn run<A: Columns>(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut activations = vec![Vec::<A>::new(); m];
+        let rows = activations.as_mut_ptr() as usize;
+        let quantize = |range: std::ops::Range<usize>| {
+            for i in range {
+                // SAFETY: item i writes only activations[i]; items are disjoint and the
+                // pool call returns when every item is done.
+                let out = unsafe { &mut *(rows as *mut Vec<A>).add(i) };
+                A::quantize(&x[i * self.k..(i + 1) * self.k], out);
+            }
+        };
+        // One row is quicker to quantize than to hand to the pool.
+        if m == 1 {
+            quantize(0..1);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(m, quantize);
+        }
+        let n = self.rows;
+        let mut result = vec![0f32; m * n];
+        let out = result.as_mut_ptr() as usize;
+        candle_core::utils::barrier_pool().execute_chunked(n / TILE, |tiles| {
+            for t in tiles {
+                let mut write = |column: usize, values: &[f32; TILE]| {
+                    // SAFETY: tile t writes only columns t*16..(t+1)*16 of each result row;
+                    // tiles are disjoint, and `result` outlives the pool call, which returns
+                    // when every tile is done.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            values.as_ptr(),
+                            (out as *mut f32).add(column * n + t * TILE),
+                            TILE,
+                        )
+                    }
+                };
+                self.tile(kernel, t, &activations, &mut write);
+            }
+        });
+        Ok(result)
+    }
+
+    /// Tile t against every activation row, a pass per `kernel.columns()` rows.
+    fn tile<A: Columns>(
+        &self,
+        kernel: Kernel,
+        t: usize,
+        activations: &[Vec<A>],
+        write: &mut impl FnMut(usize, &[f32; TILE]),
+    ) {
+        let mut done = 0;
+        while done < activations.len() {
+            let left = activations.len() - done;
+            let at = |c: usize| &activations[done + c][..];
+            let width = if left >= 8 && kernel.columns() >= 8 {
+                emit(
+                    done,
+                    A::pass::<8>(self, kernel, t, std::array::from_fn(at)),
+                    write,
+                )
+            } else if left >= 4 {
+                emit(
+                    done,
+                    A::pass::<4>(self, kernel, t, std::array::from_fn(at)),
+                    write,
+                )
+            } else {
+                emit(
+                    done,
+                    A::pass::<1>(self, kernel, t, std::array::from_fn(at)),
+                    write,
+                )
+            };
+            done += width;
+        }
+    }
+}
+
+fn emit<const C: usize>(
+    first: usize,
+    outputs: [[f32; TILE]; C],
+    write: &mut impl FnMut(usize, &[f32; TILE]),
+) -> usize {
+    for (c, values) in outputs.iter().enumerate() {
+        write(first + c, values);
+    }
+    C
+}
+
+/// Quantized activation blocks, and the kernels that take them.
+trait Columns: Clone + Send + Sync {
+    fn quantize(x: &[f32], out: &mut Vec<Self>);
+
+    /// One pass of tile t over C activation rows: the 16 outputs for each.
+    fn pass<const C: usize>(
+        tiles: &Tiles,
+        kernel: Kernel,
+        t: usize,
+        columns: [&[Self]; C],
+    ) -> [[f32; TILE]; C];
+}
+
+impl Columns for Activations {
+    fn quantize(x: &[f32], out: &mut Vec<Self>) {
+        quantize_row(x, out)
+    }
+
+    fn pass<const C: usize>(
+        tiles: &Tiles,
+        kernel: Kernel,
+        t: usize,
+        columns: [&[Self]; C],
+    ) -> [[f32; TILE]; C] {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `matmul_with` runs only kernels this CPU has; every activation row has
+            // `blocks` blocks and the tile's data is whole (both by construction).
+            Kernel::Avx512Vnni => unsafe { x86::pass_vnni(tiles, t, columns) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx2 => unsafe { x86::pass_avx2(tiles, t, columns) },
+            _ => portable_pass(tiles, t, columns),
+        }
+    }
+}
+
+impl Columns for ActivationsK {
+    fn quantize(x: &[f32], out: &mut Vec<Self>) {
+        quantize_row_k(x, out)
+    }
+
+    fn pass<const C: usize>(
+        tiles: &Tiles,
+        kernel: Kernel,
+        t: usize,
+        columns: [&[Self]; C],
+    ) -> [[f32; TILE]; C] {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as for `Activations`.
+            Kernel::Avx512Vnni => unsafe { x86::pass_k_vnni(tiles, t, columns) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as for `Activations`.
+            Kernel::Avx2 => unsafe { x86::pass_k_avx2(tiles, t, columns) },
+            _ => portable_pass_k(tiles, t, columns),
+        }
+    }
+}
+
+fn dot(values: &[i32], q: &[i8]) -> i32 {
+    values.iter().zip(q).map(|(&w, &q)| w * i32::from(q)).sum()
+}
+
+/// Plain loops over decoded blocks: what a Pi runs. The products are independent integer
+/// multiply-adds the compiler vectorizes.
+fn portable_pass<const C: usize>(
+    tiles: &Tiles,
+    t: usize,
+    columns: [&[Activations]; C],
+) -> [[f32; TILE]; C] {
+    let mut acc = [[0f32; TILE]; C];
+    let mut values = [[0i32; BLOCK]; TILE];
+    for b in 0..tiles.blocks {
+        let tb = t * tiles.blocks + b;
+        for (r, v) in values.iter_mut().enumerate() {
+            tiles.decode(tb, r, v);
+        }
+        for (acc, column) in acc.iter_mut().zip(&columns) {
+            let a = &column[b];
+            for (r, (o, v)) in acc.iter_mut().zip(&values).enumerate() {
+                let sum = dot(v, &a.q);
+                *o += tiles.scale(tb, r) * a.d * sum as f32 + tiles.min(tb, r) * a.s;
+            }
+        }
+    }
+    acc
+}
+
+/// The K formats' portable loops: integer sums per sub-block times its integer scale, as
+/// candle sums them.
+fn portable_pass_k<const C: usize>(
+    tiles: &Tiles,
+    t: usize,
+    columns: [&[ActivationsK]; C],
+) -> [[f32; TILE]; C] {
+    let mut acc = [[0f32; TILE]; C];
+    let mut values = vec![[0i32; SUPER_BLOCK]; TILE];
+    let sub = SUPER_BLOCK / tiles.format.sub_blocks();
+    for b in 0..tiles.blocks {
+        let tb = t * tiles.blocks + b;
+        for (r, v) in values.iter_mut().enumerate() {
+            tiles.decode(tb, r, v);
+        }
+        for (acc, column) in acc.iter_mut().zip(&columns) {
+            let a = &column[b];
+            for (r, (o, v)) in acc.iter_mut().zip(&values).enumerate() {
+                let mut sum = 0;
+                for (s, (v, q)) in v.chunks_exact(sub).zip(a.q.chunks_exact(sub)).enumerate() {
+                    sum += tiles.sub_scale(tb, s, r) * dot(v, q);
+                }
+                let mut mins = 0;
+                if tiles.format.has_min() {
+                    for unit in 0..tiles.format.units() {
+                        let q_sum = a.sums[2 * unit] + a.sums[2 * unit + 1];
+                        mins += tiles.sub_min(tb, unit, r) * q_sum;
+                    }
+                }
+                *o += tiles.scale(tb, r) * a.d * sum as f32 - tiles.min(tb, r) * a.d * mins as f32;
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::k_quants::{self, GgmlType};
+    use candle_core::quantized::{QStorage, QTensor};
+    use candle_core::{Device, Tensor};
+    use std::borrow::Cow;
+
+    /// Random bytes are valid blocks for these formats once the f16 scales are tamed.
+    fn random_weights(format: Format, rows: usize, k: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut bytes: Vec<u8> = (0..rows * k / format.block_values() * format.block_bytes())
+            .map(|_| next() as u8)
+            .collect();
+        let (scale_at, min_at) = match format {
+            Format::Q6K => (208, None),
+            Format::Q4_1 | Format::Q5_1 | Format::Q4K | Format::Q5K => (0, Some(2)),
+            _ => (0, None),
+        };
+        for block in bytes.chunks_exact_mut(format.block_bytes()) {
+            let d = f16::from_f32((next() % 1000) as f32 / 20_000.0 + 0.001);
+            block[scale_at..scale_at + 2].copy_from_slice(&d.to_le_bytes());
+            if let Some(at) = min_at {
+                let m = f16::from_f32((next() % 1000) as f32 / 10_000.0 - 0.05);
+                block[at..at + 2].copy_from_slice(&m.to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    fn quantized(format: Format, weights: &[u8], n: usize, k: usize) -> Result<QTensor> {
+        let storage = QStorage::from_data(Cow::Borrowed(weights), &Device::Cpu, format.dtype())?;
+        QTensor::new(storage, (n, k))
+    }
+
+    fn worst_difference(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
+    fn largest(values: &[f32]) -> f32 {
+        values.iter().fold(0f32, |a, v| a.max(v.abs()))
+    }
+
+    /// candle's generic (not repacked) quantized matmul: activations in 32-value blocks, as
+    /// here. (Its repacked x86 path for Q8_0 quantizes activations in 256-value blocks, so it
+    /// rounds differently.)
+    fn candle_matmul(
+        format: Format,
+        weights: &[u8],
+        x: &[f32],
+        mkn: (usize, usize, usize),
+    ) -> Result<Vec<f32>> {
+        fn run<T: GgmlType>(
+            weights: &[u8],
+            x: &[f32],
+            (m, k, n): (usize, usize, usize),
+        ) -> Result<Vec<f32>> {
+            let mut blocks = vec![T::zeros(); n * k / T::BLCK_SIZE];
+            assert_eq!(std::mem::size_of_val(blocks.as_slice()), weights.len());
+            // SAFETY: a candle block is a repr(C) struct of the file's bytes, of that size.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    weights.as_ptr(),
+                    blocks.as_mut_ptr() as *mut u8,
+                    weights.len(),
+                )
+            };
+            let mut out = vec![0f32; m * n];
+            k_quants::matmul((m, k, n), x, &blocks, &mut out)?;
+            Ok(out)
+        }
+        match format {
+            Format::Q4_0 => run::<k_quants::BlockQ4_0>(weights, x, mkn),
+            Format::Q4_1 => run::<k_quants::BlockQ4_1>(weights, x, mkn),
+            Format::Q5_0 => run::<k_quants::BlockQ5_0>(weights, x, mkn),
+            Format::Q5_1 => run::<k_quants::BlockQ5_1>(weights, x, mkn),
+            Format::Q8_0 => run::<k_quants::BlockQ8_0>(weights, x, mkn),
+            Format::Q4K => run::<k_quants::BlockQ4K>(weights, x, mkn),
+            Format::Q5K => run::<k_quants::BlockQ5K>(weights, x, mkn),
+            Format::Q6K => run::<k_quants::BlockQ6K>(weights, x, mkn),
+        }
+    }
+
+    /// candle quantizes activations the same way and sums each block exactly: every kernel
+    /// agrees with it to float-summation noise.
+    #[test]
+    fn every_kernel_and_format_matches_candles_quantized_matmul() -> Result<()> {
+        let (n, k) = (48, 512);
+        for format in Format::ALL {
+            for (m, seed) in [(1, 3), (5, 5), (13, 7)] {
+                let weights = random_weights(format, n, k, seed);
+                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m * k,), &Device::Cpu)?.to_vec1()?;
+                let candle = candle_matmul(format, &weights, &x, (m, k, n))?;
+                let tiles = Tiles::new(format, &weights, n, k)?;
+                for kernel in Kernel::available() {
+                    let ours = tiles.matmul_with(kernel, &x, m)?;
+                    let worst = worst_difference(&candle, &ours);
+                    let scale = largest(&candle);
+                    assert!(
+                        worst <= 1e-5 * scale.max(1.0),
+                        "{format:?} {kernel:?} m={m}: {worst} of {scale}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn every_format_matches_dequantize_then_matmul() -> Result<()> {
+        let (n, k) = (32, 256);
+        for format in Format::ALL {
+            let weights = random_weights(format, n, k, 11);
+            let tiles = Tiles::new(format, &weights, n, k)?;
+            // Repacking loses nothing: every row dequantizes as candle dequantizes it.
+            let dequantized: Vec<f32> = quantized(format, &weights, n, k)?
+                .dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1()?;
+            let mut row = vec![0f32; k];
+            for r in 0..n {
+                tiles.dequantize_row(r, &mut row)?;
+                assert_eq!(row, dequantized[r * k..(r + 1) * k], "{format:?} row {r}");
+            }
+            // The reference sees the same 8-bit activations, so only the order of the float
+            // sums differs.
+            let m = 6;
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m * k,), &Device::Cpu)?.to_vec1()?;
+            let mut seen = Vec::new();
+            for row in x.chunks_exact(k) {
+                if format.is_k() {
+                    let mut blocks = Vec::new();
+                    quantize_row_k(row, &mut blocks);
+                    seen.extend(blocks.iter().flat_map(|b| b.q.map(|q| b.d * f32::from(q))));
+                } else {
+                    let mut blocks = Vec::new();
+                    quantize_row(row, &mut blocks);
+                    seen.extend(blocks.iter().flat_map(|b| b.q.map(|q| b.d * f32::from(q))));
+                }
+            }
+            let seen = Tensor::from_vec(seen, (m, k), &Device::Cpu)?;
+            let w = Tensor::from_vec(dequantized, (n, k), &Device::Cpu)?;
+            let expected: Vec<f32> = seen.matmul(&w.t()?)?.flatten_all()?.to_vec1()?;
+            for kernel in Kernel::available() {
+                let got = tiles.matmul_with(kernel, &x, m)?;
+                let worst = worst_difference(&got, &expected);
+                let scale = largest(&expected);
+                assert!(
+                    worst <= 1e-4 * scale,
+                    "{format:?} {kernel:?}: {worst} of {scale}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shapes_that_do_not_tile_or_do_not_match_are_refused() -> Result<()> {
+        let weights = random_weights(Format::Q4_0, 16, 64, 1);
+        assert!(Tiles::new(Format::Q4_0, &weights[..weights.len() - 1], 16, 64).is_err());
+        assert!(Tiles::new(Format::Q4_0, &weights, 8, 128).is_err());
+        let tiles = Tiles::new(Format::Q4_0, &weights, 16, 64)?;
+        assert!(tiles.matmul(&[0.0; 63], 1).is_err());
+        assert!(tiles.dequantize_row(16, &mut [0.0; 64]).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,453 @@
+//! The tile kernels for x86: AVX-512 VNNI (`dpbusd`: 4 unsigned × signed byte products
+//! summed into each 32-bit lane) and AVX2 (`maddubs` then `madd`, the same sums in two steps).
+
+use super::{Activations, ActivationsK, Format, Tiles, BLOCK, GROUPS, TILE};
+use std::arch::x86_64::*;
+
+pub fn avx2() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+pub fn avx512_vnni() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    })
+}
+
+/// Group g (4 bytes) of 8-bit activations, for every 32-bit lane.
+#[inline(always)]
+unsafe fn group(q: &[i8], g: usize) -> i32 {
+    (q.as_ptr() as *const i32).add(g).read_unaligned()
+}
+
+/// The high-bit masks of one unit's 8 groups, for each plane.
+#[inline(always)]
+unsafe fn high_masks(tiles: &Tiles, tb: usize, unit: usize, plane: usize) -> &[u64] {
+    let (planes, units) = (tiles.format.high_planes(), tiles.format.units());
+    &tiles.high[((tb * planes + plane) * units + unit) * GROUPS..][..GROUPS]
+}
+
+/// One 32-value unit of tile-block tb as 8 registers of unsigned bytes: register g holds
+/// values 4g..4g+4 of each of the 16 rows (Q8_0 shifted by 128 to be unsigned).
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn unit_vnni(tiles: &Tiles, tb: usize, unit: usize) -> [__m512i; GROUPS] {
+    let format = tiles.format;
+    let quant_bytes = format.quant_bytes();
+    let base = tiles
+        .quants
+        .as_ptr()
+        .add(tb * TILE * quant_bytes + unit * TILE * BLOCK / 2);
+    let mut w = [_mm512_setzero_si512(); GROUPS];
+    if format == Format::Q8_0 {
+        let flip = _mm512_set1_epi8(-128);
+        for (g, w) in w.iter_mut().enumerate() {
+            *w = _mm512_xor_si512(_mm512_loadu_si512(base.add(g * 64) as *const _), flip);
+        }
+        return w;
+    }
+    let mask = _mm512_set1_epi8(0x0f);
+    for h in 0..4 {
+        let chunk = _mm512_loadu_si512(base.add(h * 64) as *const _);
+        w[h] = _mm512_and_si512(chunk, mask);
+        w[h + 4] = _mm512_and_si512(_mm512_srli_epi16(chunk, 4), mask);
+    }
+    for plane in 0..format.high_planes() {
+        let bit = _mm512_set1_epi8(16 << plane);
+        for (w, &mask) in w.iter_mut().zip(high_masks(tiles, tb, unit, plane)) {
+            *w = _mm512_mask_add_epi8(*w, mask, *w, bit);
+        }
+    }
+    w
+}
+
+/// One pass of tile t over C activation rows, 32-value formats, AVX-512 VNNI: per block the
+/// 16 rows' values in 8 registers, then 8 `dpbusd` per activation row.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn pass_vnni<const C: usize>(
+    tiles: &Tiles,
+    t: usize,
+    columns: [&[Activations]; C],
+) -> [[f32; TILE]; C] {
+    let format = tiles.format;
+    let bias = if format == Format::Q8_0 {
+        128
+    } else {
+        format.bias()
+    };
+    let mut acc = [_mm512_setzero_ps(); C];
+    for b in 0..tiles.blocks {
+        let tb = t * tiles.blocks + b;
+        let w = unit_vnni(tiles, tb, 0);
+        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(
+            tiles.scales.as_ptr().add(tb * TILE) as *const __m256i
+        ));
+        let mins = if format.has_min() {
+            _mm512_cvtph_ps(_mm256_loadu_si256(
+                tiles.mins.as_ptr().add(tb * TILE) as *const __m256i
+            ))
+        } else {
+            _mm512_setzero_ps()
+        };
+        for c in 0..C {
+            let a = columns[c].get_unchecked(b);
+            // Two chains, so each waits on half as many dpbusd.
+            let mut even = _mm512_setzero_si512();
+            let mut odd = _mm512_setzero_si512();
+            for g in (0..GROUPS).step_by(2) {
+                even = _mm512_dpbusd_epi32(even, w[g], _mm512_set1_epi32(group(&a.q, g)));
+                odd = _mm512_dpbusd_epi32(odd, w[g + 1], _mm512_set1_epi32(group(&a.q, g + 1)));
+            }
+            let mut sums = _mm512_add_epi32(even, odd);
+            if bias != 0 {
+                sums = _mm512_sub_epi32(sums, _mm512_set1_epi32(bias * a.sum));
+            }
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(a.d));
+            acc[c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums), acc[c]);
+            if format.has_min() {
+                acc[c] = _mm512_fmadd_ps(mins, _mm512_set1_ps(a.s), acc[c]);
+            }
+        }
+    }
+    let mut out = [[0f32; TILE]; C];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), acc);
+    }
+    out
+}
+
+/// One pass of tile t over C activation rows, K formats, AVX-512 VNNI: each unit's integer
+/// sums times the rows' integer sub-block scales, summed exactly over the super-block, then
+/// one float scale per super-block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn pass_k_vnni<const C: usize>(
+    tiles: &Tiles,
+    t: usize,
+    columns: [&[ActivationsK]; C],
+) -> [[f32; TILE]; C] {
+    let format = tiles.format;
+    let subs = format.sub_blocks();
+    let sub_scale = |tb: usize, s: usize| {
+        let bytes =
+            _mm_loadu_si128(tiles.sub_scales.as_ptr().add((tb * subs + s) * TILE) as *const _);
+        if format == Format::Q6K {
+            _mm512_cvtepi8_epi32(bytes)
+        } else {
+            _mm512_cvtepu8_epi32(bytes)
+        }
+    };
+    let mut acc = [_mm512_setzero_ps(); C];
+    for b in 0..tiles.blocks {
+        let tb = t * tiles.blocks + b;
+        let mut sums = [_mm512_setzero_si512(); C];
+        let mut mins = [_mm512_setzero_si512(); C];
+        for unit in 0..format.units() {
+            let w = unit_vnni(tiles, tb, unit);
+            // Low nibbles hold values 0..16 of the unit, high ones 16..32: Q6_K's two
+            // sub-blocks.
+            let (low_scale, high_scale) = if format == Format::Q6K {
+                (sub_scale(tb, 2 * unit), sub_scale(tb, 2 * unit + 1))
+            } else {
+                let scale = sub_scale(tb, unit);
+                (scale, scale)
+            };
+            let unit_min = if format.has_min() {
+                _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                    tiles
+                        .sub_mins
+                        .as_ptr()
+                        .add((tb * format.units() + unit) * TILE) as *const _,
+                ))
+            } else {
+                _mm512_setzero_si512()
+            };
+            for c in 0..C {
+                let a = columns[c].get_unchecked(b);
+                let q = &a.q[unit * BLOCK..][..BLOCK];
+                let mut low = _mm512_setzero_si512();
+                let mut high = _mm512_setzero_si512();
+                for g in 0..GROUPS / 2 {
+                    low = _mm512_dpbusd_epi32(low, w[g], _mm512_set1_epi32(group(q, g)));
+                    high = _mm512_dpbusd_epi32(high, w[g + 4], _mm512_set1_epi32(group(q, g + 4)));
+                }
+                let (low_sum, high_sum) = (a.sums[2 * unit], a.sums[2 * unit + 1]);
+                if format == Format::Q6K {
+                    // Values are stored +32: take 32 × Σq out of each 16.
+                    low = _mm512_sub_epi32(low, _mm512_set1_epi32(32 * low_sum));
+                    high = _mm512_sub_epi32(high, _mm512_set1_epi32(32 * high_sum));
+                } else {
+                    let q_sum = _mm512_set1_epi32(low_sum + high_sum);
+                    mins[c] = _mm512_add_epi32(mins[c], _mm512_mullo_epi32(unit_min, q_sum));
+                }
+                sums[c] = _mm512_add_epi32(
+                    sums[c],
+                    _mm512_add_epi32(
+                        _mm512_mullo_epi32(low, low_scale),
+                        _mm512_mullo_epi32(high, high_scale),
+                    ),
+                );
+            }
+        }
+        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(
+            tiles.scales.as_ptr().add(tb * TILE) as *const __m256i
+        ));
+        let min_scales = if format.has_min() {
+            _mm512_cvtph_ps(_mm256_loadu_si256(
+                tiles.mins.as_ptr().add(tb * TILE) as *const __m256i
+            ))
+        } else {
+            _mm512_setzero_ps()
+        };
+        for c in 0..C {
+            let d = _mm512_set1_ps(columns[c].get_unchecked(b).d);
+            acc[c] = _mm512_fmadd_ps(
+                _mm512_mul_ps(scales, d),
+                _mm512_cvtepi32_ps(sums[c]),
+                acc[c],
+            );
+            if format.has_min() {
+                acc[c] = _mm512_fnmadd_ps(
+                    _mm512_mul_ps(min_scales, d),
+                    _mm512_cvtepi32_ps(mins[c]),
+                    acc[c],
+                );
+            }
+        }
+    }
+    let mut out = [[0f32; TILE]; C];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), acc);
+    }
+    out
+}
+
+/// `bit` in byte j where bit j of `bits` is set.
+#[target_feature(enable = "avx2")]
+unsafe fn spread_bits(bits: u32, bit: i8) -> __m256i {
+    // Byte j takes byte j/8 of `bits`, then tests its bit j%8.
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0x0000000000000000,
+        ),
+    );
+    let select = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+    _mm256_and_si256(set, _mm256_set1_epi8(bit))
+}
+
+/// Rows 8·half..8·half+8 of one unit as 8 registers of bytes, as [`unit_vnni`] (Q8_0 stays
+/// signed).
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn unit_avx2(tiles: &Tiles, tb: usize, unit: usize, half: usize) -> [__m256i; GROUPS] {
+    let format = tiles.format;
+    let quant_bytes = format.quant_bytes();
+    let base = tiles
+        .quants
+        .as_ptr()
+        .add(tb * TILE * quant_bytes + unit * TILE * BLOCK / 2 + half * 32);
+    let mut w = [_mm256_setzero_si256(); GROUPS];
+    if format == Format::Q8_0 {
+        for (g, w) in w.iter_mut().enumerate() {
+            *w = _mm256_loadu_si256(base.add(g * 64) as *const __m256i);
+        }
+        return w;
+    }
+    let mask = _mm256_set1_epi8(0x0f);
+    for h in 0..4 {
+        let chunk = _mm256_loadu_si256(base.add(h * 64) as *const __m256i);
+        w[h] = _mm256_and_si256(chunk, mask);
+        w[h + 4] = _mm256_and_si256(_mm256_srli_epi16(chunk, 4), mask);
+    }
+    for plane in 0..format.high_planes() {
+        for (w, &mask) in w.iter_mut().zip(high_masks(tiles, tb, unit, plane)) {
+            *w = _mm256_or_si256(*w, spread_bits((mask >> (32 * half)) as u32, 16 << plane));
+        }
+    }
+    w
+}
+
+/// Σ over groups `groups` of w × q, as 8 32-bit lanes. `maddubs` sums pairs into 16 bits
+/// (|pair| ≤ 2 × 63 × 127), so two groups can share a 16-bit sum before widening.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn unsigned_sums(w: &[__m256i], q: &[i8], first: usize) -> __m256i {
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = _mm256_setzero_si256();
+    for pair in w.chunks_exact(2).enumerate() {
+        let (i, w) = pair;
+        let g = first + 2 * i;
+        let products = _mm256_add_epi16(
+            _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(group(q, g))),
+            _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(group(q, g + 1))),
+        );
+        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, ones));
+    }
+    sums
+}
+
+/// One pass of tile t over C activation rows, 32-value formats, AVX2, 8 rows at a time.
+/// Q8_0's signed bytes take the sign trick (maddubs wants one operand unsigned) and widen
+/// every group.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn pass_avx2<const C: usize>(
+    tiles: &Tiles,
+    t: usize,
+    columns: [&[Activations]; C],
+) -> [[f32; TILE]; C] {
+    let format = tiles.format;
+    let bias = format.bias();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; C];
+    for b in 0..tiles.blocks {
+        let tb = t * tiles.blocks + b;
+        for half in 0..2 {
+            let w = unit_avx2(tiles, tb, 0, half);
+            let at = tb * TILE + half * 8;
+            let scales =
+                _mm256_cvtph_ps(_mm_loadu_si128(tiles.scales.as_ptr().add(at) as *const _));
+            let mins = if format.has_min() {
+                _mm256_cvtph_ps(_mm_loadu_si128(tiles.mins.as_ptr().add(at) as *const _))
+            } else {
+                _mm256_setzero_ps()
+            };
+            for c in 0..C {
+                let a = columns[c].get_unchecked(b);
+                let mut sums = if format == Format::Q8_0 {
+                    let mut sums = _mm256_setzero_si256();
+                    for (g, &w) in w.iter().enumerate() {
+                        let q = _mm256_set1_epi32(group(&a.q, g));
+                        let pairs =
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+                        sums = _mm256_add_epi32(sums, _mm256_madd_epi16(pairs, ones));
+                    }
+                    sums
+                } else {
+                    unsigned_sums(&w, &a.q, 0)
+                };
+                if bias != 0 {
+                    sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(bias * a.sum));
+                }
+                let scale = _mm256_mul_ps(scales, _mm256_set1_ps(a.d));
+                let acc = &mut acc[c][half];
+                *acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), *acc);
+                if format.has_min() {
+                    *acc = _mm256_fmadd_ps(mins, _mm256_set1_ps(a.s), *acc);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; TILE]; C];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
+    }
+    out
+}
+
+/// One pass of tile t over C activation rows, K formats, AVX2: [`pass_k_vnni`] 8 rows at a
+/// time.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn pass_k_avx2<const C: usize>(
+    tiles: &Tiles,
+    t: usize,
+    columns: [&[ActivationsK]; C],
+) -> [[f32; TILE]; C] {
+    let format = tiles.format;
+    let subs = format.sub_blocks();
+    let eight = |bytes: &[u8], at: usize| _mm_loadl_epi64(bytes.as_ptr().add(at) as *const _);
+    let sub_scale = |tb: usize, s: usize, half: usize| {
+        let bytes = eight(&tiles.sub_scales, (tb * subs + s) * TILE + half * 8);
+        if format == Format::Q6K {
+            _mm256_cvtepi8_epi32(bytes)
+        } else {
+            _mm256_cvtepu8_epi32(bytes)
+        }
+    };
+    let mut acc = [[_mm256_setzero_ps(); 2]; C];
+    for b in 0..tiles.blocks {
+        let tb = t * tiles.blocks + b;
+        for half in 0..2 {
+            let mut sums = [_mm256_setzero_si256(); C];
+            let mut mins = [_mm256_setzero_si256(); C];
+            for unit in 0..format.units() {
+                let w = unit_avx2(tiles, tb, unit, half);
+                let (low_scale, high_scale) = if format == Format::Q6K {
+                    (
+                        sub_scale(tb, 2 * unit, half),
+                        sub_scale(tb, 2 * unit + 1, half),
+                    )
+                } else {
+                    let scale = sub_scale(tb, unit, half);
+                    (scale, scale)
+                };
+                let unit_min = if format.has_min() {
+                    let at = (tb * format.units() + unit) * TILE + half * 8;
+                    _mm256_cvtepu8_epi32(eight(&tiles.sub_mins, at))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for c in 0..C {
+                    let a = columns[c].get_unchecked(b);
+                    let q = &a.q[unit * BLOCK..][..BLOCK];
+                    let mut low = unsigned_sums(&w[..4], q, 0);
+                    let mut high = unsigned_sums(&w[4..], q, 4);
+                    let (low_sum, high_sum) = (a.sums[2 * unit], a.sums[2 * unit + 1]);
+                    if format == Format::Q6K {
+                        low = _mm256_sub_epi32(low, _mm256_set1_epi32(32 * low_sum));
+                        high = _mm256_sub_epi32(high, _mm256_set1_epi32(32 * high_sum));
+                    } else {
+                        let q_sum = _mm256_set1_epi32(low_sum + high_sum);
+                        mins[c] = _mm256_add_epi32(mins[c], _mm256_mullo_epi32(unit_min, q_sum));
+                    }
+                    sums[c] = _mm256_add_epi32(
+                        sums[c],
+                        _mm256_add_epi32(
+                            _mm256_mullo_epi32(low, low_scale),
+                            _mm256_mullo_epi32(high, high_scale),
+                        ),
+                    );
+                }
+            }
+            let at = tb * TILE + half * 8;
+            let scales =
+                _mm256_cvtph_ps(_mm_loadu_si128(tiles.scales.as_ptr().add(at) as *const _));
+            let min_scales = if format.has_min() {
+                _mm256_cvtph_ps(_mm_loadu_si128(tiles.mins.as_ptr().add(at) as *const _))
+            } else {
+                _mm256_setzero_ps()
+            };
+            for c in 0..C {
+                let d = _mm256_set1_ps(columns[c].get_unchecked(b).d);
+                let acc = &mut acc[c][half];
+                *acc = _mm256_fmadd_ps(_mm256_mul_ps(scales, d), _mm256_cvtepi32_ps(sums[c]), *acc);
+                if format.has_min() {
+                    *acc = _mm256_fnmadd_ps(
+                        _mm256_mul_ps(min_scales, d),
+                        _mm256_cvtepi32_ps(mins[c]),
+                        *acc,
+                    );
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; TILE]; C];
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
+    }
+    out
+}
