@@ -3,7 +3,9 @@
 //!
 //!     cargo bench --bench kernels            # CANDLE_NUM_THREADS sets the threads
 //!
-//! Prints the median of 20 runs for each, and the ratio.
+//! Prints the median of 20 runs for each, and the ratio. Then generation as it meets memory:
+//! m = 1 through 512 MiB of distinct matrices (far more than any cache), as GB/s and as a
+//! share of the box's read bandwidth (the same threads summing the same bytes).
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -55,6 +57,54 @@ fn main() -> candle_core::Result<()> {
                 theirs / ours
             );
         }
+    }
+    streaming(n, k)
+}
+
+const STREAMED_BYTES: usize = 512 << 20;
+
+/// Bytes per second the thread pool reads when it only sums them.
+fn read_bandwidth() -> f64 {
+    let words = vec![1u64; STREAMED_BYTES / 8];
+    let seconds = median_seconds(|| {
+        let total = std::sync::atomic::AtomicU64::new(0);
+        candle_core::utils::barrier_pool().execute_chunked(words.len() / 4096, |range| {
+            let sum = words[range.start * 4096..range.end * 4096]
+                .iter()
+                .fold(0u64, |a, w| a.wrapping_add(*w));
+            total.fetch_add(sum, std::sync::atomic::Ordering::Relaxed);
+        });
+        std::hint::black_box(total.into_inner());
+    });
+    STREAMED_BYTES as f64 / seconds
+}
+
+fn streaming(n: usize, k: usize) -> candle_core::Result<()> {
+    let roofline = read_bandwidth();
+    println!("\nread bandwidth: {:.1} GB/s\n", roofline / 1e9);
+    println!("| format | m = 1 over 512 MiB | share of read bandwidth |\n|---|---|---|");
+    let x: Vec<f32> = Tensor::randn(0f32, 1.0, (k,), &Device::Cpu)?.to_vec1()?;
+    for format in Format::ALL {
+        let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+        let bytes = QTensor::quantize(&weights, format.dtype())?
+            .data()?
+            .to_vec();
+        let copies = STREAMED_BYTES.div_ceil(bytes.len());
+        let matrices = (0..copies)
+            .map(|_| Tiles::new(format, &bytes, n, k))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let seconds = median_seconds(|| {
+            for tiles in &matrices {
+                let _ = std::hint::black_box(tiles.matmul(&x, 1));
+            }
+        });
+        let rate = (copies * bytes.len()) as f64 / seconds;
+        println!(
+            "| {:?} | {:.1} GB/s | {:.2} |",
+            format.dtype(),
+            rate / 1e9,
+            rate / roofline
+        );
     }
     Ok(())
 }

@@ -173,7 +173,7 @@ impl Gemma3 {
                 gate,
                 up,
                 down,
-                attention: SelfAttention::new(n_head, n_kv_head, head_dim),
+                attention: SelfAttention::new(n_head, n_kv_head, head_dim, positions),
                 sliding_window: sliding.then_some(window),
                 rope: if sliding {
                     local_rope.clone()

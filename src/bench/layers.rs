@@ -5,7 +5,7 @@
 use super::kernels::{Format, Kernel, Tiles};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_transformers::utils::repeat_kv;
+use candle_nn::kv_cache::KvCache;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -219,16 +219,24 @@ pub struct SelfAttention {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
-    kv_cache: Option<(Tensor, Tensor)>,
+    /// Keys and values preallocated for the run: appending one token copies one token, not
+    /// the whole cache.
+    kv_cache: KvCache,
 }
 
 impl SelfAttention {
-    pub fn new(n_head: usize, n_kv_head: usize, head_dim: usize) -> SelfAttention {
+    /// `positions`: how many tokens the run will hold (the cache grows past it if need be).
+    pub fn new(
+        n_head: usize,
+        n_kv_head: usize,
+        head_dim: usize,
+        positions: usize,
+    ) -> SelfAttention {
         SelfAttention {
             n_head,
             n_kv_head,
             head_dim,
-            kv_cache: None,
+            kv_cache: KvCache::new(2, positions.max(1)),
         }
     }
 
@@ -251,31 +259,34 @@ impl SelfAttention {
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, _, seq_len, _) = q.dims4()?;
-        let (k, v) = match &self.kv_cache {
-            Some((k_cache, v_cache)) if pos > 0 => (
-                Tensor::cat(&[k_cache, &k], 2)?,
-                Tensor::cat(&[v_cache, &v], 2)?,
-            ),
-            _ => (k, v),
-        };
-        self.kv_cache = Some((k.clone(), v.clone()));
-        let k = repeat_kv(k, self.n_head / self.n_kv_head)?;
-        let v = repeat_kv(v, self.n_head / self.n_kv_head)?;
+        if pos == 0 {
+            self.kv_cache.reset();
+        }
+        let (k, v) = self.kv_cache.append(&k.contiguous()?, &v.contiguous()?)?;
+        let kv_len = k.dim(2)?;
+        // Each key-value head serves `group` query heads (heads are numbered kv-major): the
+        // queries are grouped by it instead of the cache being copied `group` times.
+        let group = self.n_head / self.n_kv_head;
+        let grouped = (b, self.n_kv_head, group * seq_len, self.head_dim);
+        let q = q.contiguous()?.reshape(grouped)?;
         let mut scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         if let Some(mask) = mask {
-            let mask = mask.broadcast_as(scores.shape())?;
-            let neg_inf =
-                Tensor::new(f32::NEG_INFINITY, q.device())?.broadcast_as(scores.shape())?;
-            scores = mask.where_cond(&neg_inf, &scores)?;
+            let shape = (b, self.n_kv_head, group, seq_len, kv_len);
+            let mask = mask.broadcast_as(shape)?;
+            let neg_inf = Tensor::new(f32::NEG_INFINITY, q.device())?.broadcast_as(shape)?;
+            scores = mask
+                .where_cond(&neg_inf, &scores.reshape(shape)?)?
+                .reshape((b, self.n_kv_head, group * seq_len, kv_len))?;
         }
         candle_nn::ops::softmax_last_dim(&scores)?
-            .matmul(&v.contiguous()?)?
+            .matmul(&v)?
+            .reshape((b, self.n_head, seq_len, self.head_dim))?
             .transpose(1, 2)?
             .reshape((b, seq_len, self.n_head * self.head_dim))
     }
 
     pub fn clear(&mut self) {
-        self.kv_cache = None;
+        self.kv_cache.reset();
     }
 }
 

@@ -105,7 +105,7 @@ impl Llama {
                 gate,
                 up,
                 down,
-                attention: SelfAttention::new(n_head, n_kv_head, width / n_head),
+                attention: SelfAttention::new(n_head, n_kv_head, width / n_head, positions),
             });
         }
         Ok(Llama {

@@ -23,6 +23,9 @@ pub fn avx512_vnni() -> bool {
     })
 }
 
+/// How far ahead of the tile being read its quants are fetched into cache.
+const PREFETCH: usize = 4096;
+
 /// Group g (4 bytes) of 8-bit activations, for every 32-bit lane.
 #[inline(always)]
 unsafe fn group(q: &[i8], g: usize) -> i32 {
@@ -47,6 +50,9 @@ unsafe fn unit_vnni(tiles: &Tiles, tb: usize, unit: usize) -> [__m512i; GROUPS] 
         .quants
         .as_ptr()
         .add(tb * TILE * quant_bytes + unit * TILE * BLOCK / 2);
+    for line in 0..4 {
+        _mm_prefetch::<_MM_HINT_T0>(base.add(PREFETCH + line * 64) as *const i8);
+    }
     let mut w = [_mm512_setzero_si512(); GROUPS];
     if format == Format::Q8_0 {
         let flip = _mm512_set1_epi8(-128);
