@@ -636,7 +636,9 @@ impl Tiles {
         let n = self.rows;
         let mut result = vec![0f32; m * n];
         let out = result.as_mut_ptr() as usize;
-        candle_core::utils::barrier_pool().execute_chunked(n / TILE, |tiles| {
+        // Prompts are bound by arithmetic, not memory: finer chunks balance the threads.
+        let shares = if m == 1 { 1 } else { 8 };
+        in_chunks(n / TILE, shares, |tiles| {
             for t in tiles {
                 let mut write = |column: usize, values: &[f32; TILE]| {
                     // SAFETY: tile t writes only columns t*16..(t+1)*16 of each result row;
@@ -690,6 +692,23 @@ impl Tiles {
             done += width;
         }
     }
+}
+
+/// `work` over 0..items on candle's pool, each thread taking `shares` chunks of its share
+/// (the last to finish helps with what is left). At m = 1 a matmul streams its weights from
+/// memory, and one contiguous share per thread streams fastest: 64 shares ran generation
+/// 10-20% slower than one on a TinyLlama Q4_K_M (alternating runs, same binary).
+fn in_chunks(items: usize, shares: usize, work: impl Fn(std::ops::Range<usize>) + Sync) {
+    let pool = candle_core::utils::barrier_pool();
+    let chunk = items.div_ceil((pool.n_workers() + 1) * shares).max(1);
+    let cursor = std::sync::atomic::AtomicUsize::new(0);
+    pool.execute(|_| loop {
+        let start = cursor.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+        if start >= items {
+            break;
+        }
+        work(start..items.min(start + chunk));
+    });
 }
 
 fn emit<const C: usize>(
