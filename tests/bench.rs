@@ -363,13 +363,14 @@ fn assert_agree((agree, worst): (usize, f32)) {
 }
 
 /// fitbench's lean Gemma 3 against candle-transformers' `quantized_gemma3`, the reference it
-/// reimplements with less memory and its own Q5_0 kernel: the same greedy tokens.
+/// reimplements with less memory and its own kernels: the same greedy tokens.
 #[test]
 fn the_lean_gemma3_agrees_with_candles_reference() -> anyhow::Result<()> {
     use candle_transformers::models::quantized_gemma3;
     let path = test_model(GEMMA3);
-    let (content, mut file) = gguf(&path)?;
-    let mut ours = fitbench::bench::gemma3::Gemma3::from_gguf(&content, &mut file, 64)?;
+    let (content, file) = gguf(&path)?;
+    let tensors = fitbench::bench::layers::Tensors::map(&file, content)?;
+    let mut ours = fitbench::bench::gemma3::Gemma3::from_gguf(&tensors, 64)?;
     let (content, mut file) = gguf(&path)?;
     let mut reference =
         quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
@@ -382,15 +383,16 @@ fn the_lean_gemma3_agrees_with_candles_reference() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// fitbench's llama (quantized embedding, its own Q4_1 kernels) against candle-transformers'
+/// fitbench's llama (quantized embedding, its own kernels) against candle-transformers'
 /// `quantized_llama` on the real SmolLM2 Q4_1 file: the same greedy tokens, logits within
 /// the noise of 8-bit activations.
 #[test]
 fn the_lean_llama_agrees_with_candles_reference() -> anyhow::Result<()> {
     use candle_transformers::models::quantized_llama;
     let path = test_model(SMOLLM2);
-    let (content, mut file) = gguf(&path)?;
-    let mut ours = fitbench::bench::llama::Llama::from_gguf(&content, &mut file, 64)?;
+    let (content, file) = gguf(&path)?;
+    let tensors = fitbench::bench::layers::Tensors::map(&file, content)?;
+    let mut ours = fitbench::bench::llama::Llama::from_gguf(&tensors, 64)?;
     let (content, mut file) = gguf(&path)?;
     let mut reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
     // A fixed prompt of ordinary tokens from SmolLM2's vocabulary.

@@ -9,8 +9,7 @@
 //!   stays quantized, rows are dequantized as tokens are looked up, and the tied output
 //!   projection multiplies by the same quantized tensor.
 
-use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention};
-use candle_core::quantized::gguf_file;
+use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention, Tensors};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use std::sync::Arc;
@@ -95,13 +94,9 @@ pub struct Gemma3 {
 
 impl Gemma3 {
     /// Loads a gemma3 GGUF onto the CPU, with RoPE tables for `positions` positions.
-    pub fn from_gguf<R: std::io::Seek + std::io::Read>(
-        content: &gguf_file::Content,
-        reader: &mut R,
-        positions: usize,
-    ) -> Result<Gemma3> {
+    pub fn from_gguf(tensors: &Tensors, positions: usize) -> Result<Gemma3> {
         let device = &Device::Cpu;
-        let get = |key: &str| metadata(content, "gemma3", key);
+        let get = |key: &str| metadata(&tensors.content, "gemma3", key);
         let n_head = get("attention.head_count")?.to_u32()? as usize;
         let n_kv_head = get("attention.head_count_kv")?.to_u32()? as usize;
         let block_count = get("block_count")?.to_u32()? as usize;
@@ -137,18 +132,14 @@ impl Gemma3 {
             false,
             device,
         )?);
-        let mut tensor = |name: &str| content.tensor(reader, name, device);
-        let embedding_table = tensor("token_embd.weight")?;
-        let (embedding, output) = match tensor("output.weight") {
-            Ok(t) => (Embedding::new(Arc::new(embedding_table))?, Linear::new(t)?),
-            // Gemma ties its output projection to the embedding.
-            Err(_) => Linear::tied(embedding_table)?,
-        };
+        let tensor = |name: &str| tensors.qtensor(name);
+        let (embedding, output) =
+            tensors.embedding_and_output("token_embd.weight", "output.weight")?;
         let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
-            let mut weight = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
-            let mut matmul = |name: &str| Linear::new(weight(name)?);
+            let weight = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
+            let matmul = |name: &str| tensors.linear(&format!("blk.{i}.{name}.weight"));
             let (wq, wk, wv, wo) = (
                 matmul("attn_q")?,
                 matmul("attn_k")?,
@@ -156,7 +147,7 @@ impl Gemma3 {
                 matmul("attn_output")?,
             );
             let (gate, up, down) = (matmul("ffn_gate")?, matmul("ffn_up")?, matmul("ffn_down")?);
-            let mut norm = |name: &str| RmsNorm::from_qtensor(weight(name)?, eps);
+            let norm = |name: &str| RmsNorm::from_qtensor(weight(name)?, eps);
             // Every window_type-th layer attends globally; the others see a sliding window.
             let sliding = (i + 1) % window_type > 0;
             layers.push(Layer {

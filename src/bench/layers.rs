@@ -9,6 +9,127 @@ use candle_nn::kv_cache::KvCache;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// A GGUF's tensors, read from the file memory-mapped: weights fitbench repacks are read
+/// straight from the page cache (no copy of each tensor first), and each tensor's pages
+/// leave this process once it is loaded, so the mapping never adds to the peak.
+pub struct Tensors {
+    pub content: gguf_file::Content,
+    map: memmap2::Mmap,
+}
+
+impl Tensors {
+    pub fn map(file: &std::fs::File, content: gguf_file::Content) -> Result<Tensors> {
+        // SAFETY: the mapping is read-only; like llama.cpp's, it assumes nobody truncates the
+        // file while the model loads.
+        let map = unsafe { memmap2::Mmap::map(file)? };
+        // Readahead for a cold file; advice only, so a refusal changes nothing.
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(Tensors { content, map })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// A tensor's type, shape and bytes, its extent checked against the file.
+    fn bytes(&self, name: &str) -> Result<(&gguf_file::TensorInfo, &[u8])> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("cannot find tensor {name}")))?;
+        let dtype = info.ggml_dtype;
+        let elements = info.shape.elem_count();
+        if elements % dtype.block_size() != 0 {
+            candle_core::bail!("{name}: {elements} values are not whole {dtype:?} blocks");
+        }
+        let size = elements / dtype.block_size() * dtype.type_size();
+        let start = self.content.tensor_data_offset.checked_add(info.offset);
+        match start.and_then(|s| usize::try_from(s).ok()) {
+            Some(start) if start <= self.map.len() && size <= self.map.len() - start => {
+                Ok((info, &self.map[start..start + size]))
+            }
+            _ => candle_core::bail!(
+                "{name}: {size} bytes at offset {} run past the end of the file ({} bytes)",
+                info.offset,
+                self.map.len()
+            ),
+        }
+    }
+
+    /// Drops a loaded tensor's pages from this process (the page cache keeps them).
+    fn release(&self, bytes: &[u8]) {
+        let offset = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
+        // SAFETY: the mapping is read-only and file-backed: dropped pages read back the
+        // same bytes if touched again. Advice only, so a refusal changes nothing.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, bytes.len())
+        };
+    }
+
+    /// A tensor as candle holds it, on the CPU.
+    pub fn qtensor(&self, name: &str) -> Result<QTensor> {
+        let (info, bytes) = self.bytes(name)?;
+        let storage = QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, info.ggml_dtype)?;
+        let tensor = QTensor::new(storage, info.shape.clone())?;
+        self.release(bytes);
+        Ok(tensor)
+    }
+
+    /// A tensor repacked for fitbench's kernels, where its format and shape allow.
+    fn tiles(&self, name: &str) -> Result<Option<Tiles>> {
+        let (info, bytes) = self.bytes(name)?;
+        let Ok((rows, k)) = info.shape.dims2() else {
+            return Ok(None);
+        };
+        // Without x86 SIMD (a Pi) the K formats keep candle's kernels, which have NEON
+        // paths; fitbench's portable K loops are the reference its SIMD kernels are tested
+        // against.
+        let here = |format: Format| !format.is_k() || Kernel::best() != Kernel::Portable;
+        match Format::of(info.ggml_dtype) {
+            Some(format) if Tiles::fit(format, rows, k) && here(format) => {
+                let tiles = Tiles::new(format, bytes, rows, k)?;
+                self.release(bytes);
+                Ok(Some(tiles))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub fn linear(&self, name: &str) -> Result<Linear> {
+        match self.tiles(name)? {
+            Some(tiles) => Ok(Linear::Own(Arc::new(tiles))),
+            None => Ok(Linear::Candle(QMatMul::from_qtensor(self.qtensor(name)?)?)),
+        }
+    }
+
+    /// The token embedding `name`, and the output projection: `output` where the file has
+    /// one, else the embedding itself (Llama 3.2, SmolLM2, Gemma), one copy serving both.
+    pub fn embedding_and_output(&self, name: &str, output: &str) -> Result<(Embedding, Linear)> {
+        if self.has(output) {
+            return Ok((
+                Embedding::new(Arc::new(self.qtensor(name)?))?,
+                self.linear(output)?,
+            ));
+        }
+        if let Some(tiles) = self.tiles(name)? {
+            let tiles = Arc::new(tiles);
+            let embedding = Embedding {
+                vocab: tiles.rows(),
+                width: tiles.k(),
+                rows: Rows::Tiled(tiles.clone()),
+            };
+            return Ok((embedding, Linear::Own(tiles)));
+        }
+        let table = Arc::new(self.qtensor(name)?);
+        Ok((
+            Embedding::new(table.clone())?,
+            Linear::Candle(QMatMul::from_arc(table)?),
+        ))
+    }
+}
+
 /// A quantized weight matrix (out × in) applied to the last dimension of its input.
 pub enum Linear {
     /// Repacked for fitbench's kernels, in place of the file's bytes.
@@ -17,37 +138,6 @@ pub enum Linear {
 }
 
 impl Linear {
-    pub fn new(weights: QTensor) -> Result<Linear> {
-        match tiles(&weights)? {
-            Some(tiles) => Ok(Linear::Own(Arc::new(tiles))),
-            None => Ok(Linear::Candle(QMatMul::from_qtensor(weights)?)),
-        }
-    }
-
-    /// The output projection tied to the token embedding (Llama 3.2, SmolLM2, Gemma): one
-    /// copy of the table serves both.
-    pub fn tied(table: QTensor) -> Result<(Embedding, Linear)> {
-        let (vocab, width) = table.shape().dims2()?;
-        match tiles(&table)? {
-            Some(tiles) => {
-                let tiles = Arc::new(tiles);
-                let embedding = Embedding {
-                    rows: Rows::Tiled(tiles.clone()),
-                    vocab,
-                    width,
-                };
-                Ok((embedding, Linear::Own(tiles)))
-            }
-            None => {
-                let table = Arc::new(table);
-                Ok((
-                    Embedding::new(table.clone())?,
-                    Linear::Candle(QMatMul::from_arc(table)?),
-                ))
-            }
-        }
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Linear::Candle(m) => m.forward(x),
@@ -69,22 +159,6 @@ impl Linear {
                 Tensor::from_vec(out, shape, x.device())
             }
         }
-    }
-}
-
-/// `weights` repacked for fitbench's kernels, where its format and shape allow.
-fn tiles(weights: &QTensor) -> Result<Option<Tiles>> {
-    let (rows, k) = weights.shape().dims2()?;
-    // Without x86 SIMD (a Pi) the K formats keep candle's kernels, which have NEON paths;
-    // fitbench's portable K loops are only the reference the SIMD kernels are tested against.
-    let here = |format: Format| !format.is_k() || Kernel::best() != Kernel::Portable;
-    match Format::of(weights.dtype()) {
-        Some(format)
-            if Tiles::fit(format, rows, k) && here(format) && weights.device().is_cpu() =>
-        {
-            Ok(Some(Tiles::new(format, &weights.data()?, rows, k)?))
-        }
-        _ => Ok(None),
     }
 }
 

@@ -5,12 +5,10 @@
 //! use fitbench's kernels (candle's are scalar on x86). Mixture-of-experts files keep
 //! candle's model.
 
-use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention};
-use candle_core::quantized::gguf_file;
+use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention, Tensors};
 use candle_core::{Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::build_causal_mask;
-use std::sync::Arc;
 
 struct Layer {
     wq: Linear,
@@ -52,12 +50,8 @@ pub struct Llama {
 
 impl Llama {
     /// Loads a llama GGUF onto the CPU, with RoPE for `positions` positions.
-    pub fn from_gguf<R: std::io::Seek + std::io::Read>(
-        content: &gguf_file::Content,
-        reader: &mut R,
-        positions: usize,
-    ) -> Result<Llama> {
-        let get = |key: &str| metadata(content, "llama", key);
+    pub fn from_gguf(tensors: &Tensors, positions: usize) -> Result<Llama> {
+        let get = |key: &str| metadata(&tensors.content, "llama", key);
         let n_head = get("attention.head_count")?.to_u32()? as usize;
         let n_kv_head = get("attention.head_count_kv")?.to_u32()? as usize;
         let block_count = get("block_count")?.to_u32()? as usize;
@@ -75,17 +69,13 @@ impl Llama {
             candle_core::bail!("llama: {n_head} heads, {n_kv_head} key-value heads and width {width} do not fit together");
         }
         let device = &Device::Cpu;
-        let mut tensor = |name: &str| content.tensor(reader, name, device);
-        let embedding_table = tensor("token_embd.weight")?;
-        let (embedding, output) = match tensor("output.weight") {
-            Ok(t) => (Embedding::new(Arc::new(embedding_table))?, Linear::new(t)?),
-            // Tied embeddings (Llama 3.2, SmolLM2): the output projection is the embedding.
-            Err(_) => Linear::tied(embedding_table)?,
-        };
+        let tensor = |name: &str| tensors.qtensor(name);
+        let (embedding, output) =
+            tensors.embedding_and_output("token_embd.weight", "output.weight")?;
         let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, eps)?;
         let mut layers = Vec::with_capacity(block_count);
         for i in 0..block_count {
-            let mut linear = |name: &str| Linear::new(tensor(&format!("blk.{i}.{name}.weight"))?);
+            let linear = |name: &str| tensors.linear(&format!("blk.{i}.{name}.weight"));
             let (wq, wk, wv, wo) = (
                 linear("attn_q")?,
                 linear("attn_k")?,
@@ -93,7 +83,7 @@ impl Llama {
                 linear("attn_output")?,
             );
             let (gate, down, up) = (linear("ffn_gate")?, linear("ffn_down")?, linear("ffn_up")?);
-            let mut norm =
+            let norm =
                 |name: &str| RmsNorm::from_qtensor(tensor(&format!("blk.{i}.{name}.weight"))?, eps);
             layers.push(Layer {
                 wq,

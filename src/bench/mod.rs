@@ -7,7 +7,7 @@
 
 pub mod gemma3;
 pub mod kernels;
-mod layers;
+pub mod layers;
 pub mod llama;
 pub mod model;
 pub mod monitor;

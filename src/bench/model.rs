@@ -1,6 +1,7 @@
 //! The model runner: candle-transformers' quantized models behind one enum, as thin as
 //! candle's own examples. Everything a benchmark needs is `forward` and `clear`.
 
+use super::layers::Tensors;
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use candle_transformers::models::{
@@ -71,9 +72,9 @@ impl Model {
         let cannot_load = |err| cannot_load(path, &arch, err);
         let loaded = match arch.as_str() {
             "llama" if device.is_cpu() && !content.metadata.contains_key("llama.expert_count") => {
+                let tensors = Tensors::map(&file, content).map_err(cannot_load)?;
                 Model::Llama(
-                    super::llama::Llama::from_gguf(&content, &mut file, positions)
-                        .map_err(cannot_load)?,
+                    super::llama::Llama::from_gguf(&tensors, positions).map_err(cannot_load)?,
                 )
             }
             "llama" => Model::LlamaCandle(
@@ -96,10 +97,12 @@ impl Model {
                 quantized_phi::ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(cannot_load)?,
             ),
-            "gemma3" if device.is_cpu() => Model::Gemma3(
-                super::gemma3::Gemma3::from_gguf(&content, &mut file, positions)
-                    .map_err(cannot_load)?,
-            ),
+            "gemma3" if device.is_cpu() => {
+                let tensors = Tensors::map(&file, content).map_err(cannot_load)?;
+                Model::Gemma3(
+                    super::gemma3::Gemma3::from_gguf(&tensors, positions).map_err(cannot_load)?,
+                )
+            }
             "gemma3" => Model::Gemma3Gpu(
                 quantized_gemma3::ModelWeights::from_gguf(content, &mut file, device)
                     .map_err(cannot_load)?,

@@ -112,6 +112,16 @@ impl Format {
         }
     }
 
+    /// Where a 32-value block's quants start, after its f16 scale, minimum and fifth bits.
+    fn quants_at(self) -> usize {
+        match self {
+            Format::Q4_1 => 4,
+            Format::Q5_0 => 6,
+            Format::Q5_1 => 8,
+            _ => 2,
+        }
+    }
+
     /// Bits above the nibble: Q5's fifth, Q6_K's fifth and sixth.
     fn high_planes(self) -> usize {
         match self {
@@ -406,6 +416,139 @@ pub struct Tiles {
     sub_mins: Vec<u8>,
 }
 
+/// The arrays of [`Tiles`] for a run of whole tiles (borrowed), or their lengths per tile.
+struct Arrays<Q, H, S, B> {
+    quants: Q,
+    high: H,
+    scales: S,
+    mins: S,
+    sub_scales: B,
+    sub_mins: B,
+}
+
+type Lengths = Arrays<usize, usize, usize, usize>;
+type Part<'a> = Arrays<&'a mut [u8], &'a mut [u64], &'a mut [u16], &'a mut [u8]>;
+
+impl Lengths {
+    fn per_tile(format: Format, blocks: usize) -> Lengths {
+        let (units, tile_blocks) = (format.units(), TILE * blocks);
+        Arrays {
+            quants: tile_blocks * format.quant_bytes(),
+            high: blocks * format.high_planes() * units * GROUPS,
+            scales: tile_blocks,
+            mins: if format.has_min() { tile_blocks } else { 0 },
+            sub_scales: tile_blocks * format.sub_blocks(),
+            sub_mins: if format.has_min() && format.is_k() {
+                tile_blocks * units
+            } else {
+                0
+            },
+        }
+    }
+}
+
+impl<'a> Part<'a> {
+    /// The first `tiles` tiles, and the rest.
+    fn split(self, tiles: usize, per_tile: &Lengths) -> (Part<'a>, Part<'a>) {
+        let (quants, quants_rest) = self.quants.split_at_mut(tiles * per_tile.quants);
+        let (high, high_rest) = self.high.split_at_mut(tiles * per_tile.high);
+        let (scales, scales_rest) = self.scales.split_at_mut(tiles * per_tile.scales);
+        let (mins, mins_rest) = self.mins.split_at_mut(tiles * per_tile.mins);
+        let (sub_scales, sub_scales_rest) =
+            self.sub_scales.split_at_mut(tiles * per_tile.sub_scales);
+        let (sub_mins, sub_mins_rest) = self.sub_mins.split_at_mut(tiles * per_tile.sub_mins);
+        (
+            Arrays {
+                quants,
+                high,
+                scales,
+                mins,
+                sub_scales,
+                sub_mins,
+            },
+            Arrays {
+                quants: quants_rest,
+                high: high_rest,
+                scales: scales_rest,
+                mins: mins_rest,
+                sub_scales: sub_scales_rest,
+                sub_mins: sub_mins_rest,
+            },
+        )
+    }
+
+    /// A 32-value block: the file's quant bytes are already the tiles' chunks, 4 at a time.
+    fn pack_block(&mut self, format: Format, tb: usize, r: usize, block: &[u8]) {
+        let quant_bytes = format.quant_bytes();
+        self.scales[tb * TILE + r] = f16_bits(block, 0);
+        if format.has_min() {
+            self.mins[tb * TILE + r] = f16_bits(block, 2);
+        }
+        let at = format.quants_at();
+        let quants = &mut self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
+        for (c, four) in block[at..at + quant_bytes].chunks_exact(4).enumerate() {
+            quants[(c * TILE + r) * 4..][..4].copy_from_slice(four);
+        }
+        if format.high_planes() == 1 {
+            let high =
+                u32::from_le_bytes([block[at - 4], block[at - 3], block[at - 2], block[at - 1]]);
+            for (g, bits) in self.high[tb * GROUPS..][..GROUPS].iter_mut().enumerate() {
+                *bits |= u64::from((high >> (4 * g)) & 0xf) << (4 * r);
+            }
+        }
+    }
+
+    /// Repacks `bytes`, the file's rows for these tiles, into them.
+    fn pack(mut self, format: Format, blocks: usize, bytes: &[u8]) {
+        let (quant_bytes, units, planes) =
+            (format.quant_bytes(), format.units(), format.high_planes());
+        let subs = format.sub_blocks();
+        let block_bytes = format.block_bytes();
+        for (row, row_bytes) in bytes.chunks_exact(blocks * block_bytes).enumerate() {
+            let (tile, r) = (row / TILE, row % TILE);
+            for (b, block) in row_bytes.chunks_exact(block_bytes).enumerate() {
+                let tb = tile * blocks + b;
+                if !format.is_k() {
+                    self.pack_block(format, tb, r, block);
+                    continue;
+                }
+                let u = Unpacked::new(format, block);
+                self.scales[tb * TILE + r] = u.scale;
+                if format.has_min() {
+                    self.mins[tb * TILE + r] = u.min;
+                }
+                for s in 0..subs {
+                    self.sub_scales[(tb * subs + s) * TILE + r] = u.sub_scales[s];
+                }
+                if !self.sub_mins.is_empty() {
+                    for unit in 0..units {
+                        self.sub_mins[(tb * units + unit) * TILE + r] = u.sub_mins[unit];
+                    }
+                }
+                let quants = &mut self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
+                for unit in 0..units {
+                    let values = &u.values[unit * BLOCK..][..BLOCK];
+                    for h in 0..4 {
+                        let out = &mut quants[((unit * 4 + h) * TILE + r) * 4..][..4];
+                        for (j, o) in out.iter_mut().enumerate() {
+                            *o = (values[4 * h + j] & 0x0f) | (values[16 + 4 * h + j] << 4);
+                        }
+                    }
+                    for plane in 0..planes {
+                        for (g, four) in values.chunks_exact(4).enumerate() {
+                            let bits = four.iter().enumerate().fold(0u64, |bits, (j, v)| {
+                                bits | u64::from((v >> (4 + plane)) & 1) << j
+                            });
+                            self.high[((tb * planes + plane) * units + unit) * GROUPS + g] |=
+                                bits << (4 * r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Tiles {
     /// Whether a rows × k matrix in `format` can be tiled; other shapes use candle's kernels.
     pub fn fit(format: Format, rows: usize, k: usize) -> bool {
@@ -431,65 +574,42 @@ impl Tiles {
                 bytes.len()
             );
         }
-        let (quant_bytes, units, planes) =
-            (format.quant_bytes(), format.units(), format.high_planes());
-        let tile_blocks = rows / TILE * blocks;
+        let tiles = rows / TILE;
+        let per_tile = Arrays::per_tile(format, blocks);
         let mut packed = Tiles {
             format,
             rows,
             k,
             blocks,
-            quants: vec![0; rows * blocks * quant_bytes],
-            high: vec![0; tile_blocks * planes * units * GROUPS],
-            scales: vec![0; rows * blocks],
-            mins: vec![0; if format.has_min() { rows * blocks } else { 0 }],
-            sub_scales: vec![0; rows * blocks * format.sub_blocks()],
-            sub_mins: vec![
-                0;
-                if format.has_min() && format.is_k() {
-                    rows * blocks * units
-                } else {
-                    0
-                }
-            ],
+            quants: vec![0; tiles * per_tile.quants],
+            high: vec![0; tiles * per_tile.high],
+            scales: vec![0; tiles * per_tile.scales],
+            mins: vec![0; tiles * per_tile.mins],
+            sub_scales: vec![0; tiles * per_tile.sub_scales],
+            sub_mins: vec![0; tiles * per_tile.sub_mins],
         };
-        for (row, row_bytes) in bytes.chunks_exact(blocks * block_bytes).enumerate() {
-            let (tile, r) = (row / TILE, row % TILE);
-            for (b, block) in row_bytes.chunks_exact(block_bytes).enumerate() {
-                let tb = tile * blocks + b;
-                let u = Unpacked::new(format, block);
-                packed.scales[tb * TILE + r] = u.scale;
-                if format.has_min() {
-                    packed.mins[tb * TILE + r] = u.min;
-                }
-                for s in 0..format.sub_blocks() {
-                    packed.sub_scales[(tb * format.sub_blocks() + s) * TILE + r] = u.sub_scales[s];
-                }
-                if !packed.sub_mins.is_empty() {
-                    for unit in 0..units {
-                        packed.sub_mins[(tb * units + unit) * TILE + r] = u.sub_mins[unit];
-                    }
-                }
-                let quants = &mut packed.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
-                if format == Format::Q8_0 {
-                    for (c, four) in u.values[..BLOCK].chunks_exact(4).enumerate() {
-                        quants[(c * TILE + r) * 4..][..4].copy_from_slice(four);
-                    }
-                    continue;
-                }
-                for (i, &v) in u.values[..format.block_values()].iter().enumerate() {
-                    let (unit, i) = (i / BLOCK, i % BLOCK);
-                    let chunk = unit * 4 + (i % 16) / 4;
-                    let at = (chunk * TILE + r) * 4 + i % 4;
-                    quants[at] |= if i < 16 { v & 0x0f } else { (v & 0x0f) << 4 };
-                    for plane in 0..planes {
-                        let bit = u64::from((v >> (4 + plane)) & 1);
-                        let g = ((tb * planes + plane) * units + unit) * GROUPS + i / 4;
-                        packed.high[g] |= bit << (4 * r + i % 4);
-                    }
-                }
+        // Repacking is a load-time cost llama.cpp also pays: spread it over the threads.
+        let threads = candle_core::utils::get_num_threads().clamp(1, tiles);
+        let mut rest = Arrays {
+            quants: &mut packed.quants[..],
+            high: &mut packed.high[..],
+            scales: &mut packed.scales[..],
+            mins: &mut packed.mins[..],
+            sub_scales: &mut packed.sub_scales[..],
+            sub_mins: &mut packed.sub_mins[..],
+        };
+        let tile_bytes = TILE * blocks * block_bytes;
+        std::thread::scope(|scope| {
+            let mut first = 0;
+            for thread in 0..threads {
+                let count = (tiles - first) / (threads - thread);
+                let (part, tail) = rest.split(count, &per_tile);
+                rest = tail;
+                let bytes = &bytes[first * tile_bytes..(first + count) * tile_bytes];
+                scope.spawn(move || part.pack(format, blocks, bytes));
+                first += count;
             }
-        }
+        });
         Ok(packed)
     }
 
