@@ -9,7 +9,7 @@
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use fitbench::bench::kernels::{Format, Kernel, Tiles};
+use fitbench::bench::kernels::{Format, Kernel, Repacked, Tiles};
 use std::time::Instant;
 
 fn median_seconds(mut run: impl FnMut()) -> f64 {

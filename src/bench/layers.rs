@@ -2,7 +2,7 @@
 //! where candle's are scalar, an embedding that stays quantized, and RoPE tables sized to
 //! the run instead of the model's maximum context.
 
-use super::kernels::{Format, Kernel, Tiles};
+use super::kernels::{Format, HalfTiles, Kernel, Repacked, Tiles};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
@@ -77,8 +77,8 @@ impl Tensors {
         Ok(tensor)
     }
 
-    /// A tensor repacked for fitbench's kernels, where its format and shape allow.
-    fn tiles(&self, name: &str) -> Result<Option<Tiles>> {
+    /// A tensor repacked for fitbench's kernels, where its type and shape allow.
+    fn tiles(&self, name: &str) -> Result<Option<Arc<dyn Repacked>>> {
         let (info, bytes) = self.bytes(name)?;
         let Ok((rows, k)) = info.shape.dims2() else {
             return Ok(None);
@@ -87,19 +87,22 @@ impl Tensors {
         // paths; fitbench's portable K loops are the reference its SIMD kernels are tested
         // against.
         let here = |format: Format| !format.is_k() || Kernel::best() != Kernel::Portable;
-        match Format::of(info.ggml_dtype) {
+        let tiles: Arc<dyn Repacked> = match Format::of(info.ggml_dtype) {
             Some(format) if Tiles::fit(format, rows, k) && here(format) => {
-                let tiles = Tiles::new(format, bytes, rows, k)?;
-                self.release(bytes);
-                Ok(Some(tiles))
+                Arc::new(Tiles::new(format, bytes, rows, k)?)
             }
-            _ => Ok(None),
-        }
+            None if info.ggml_dtype == GgmlDType::F16 && HalfTiles::fit(rows, k) => {
+                Arc::new(HalfTiles::new(bytes, rows, k)?)
+            }
+            _ => return Ok(None),
+        };
+        self.release(bytes);
+        Ok(Some(tiles))
     }
 
     pub fn linear(&self, name: &str) -> Result<Linear> {
         match self.tiles(name)? {
-            Some(tiles) => Ok(Linear::Own(Arc::new(tiles))),
+            Some(tiles) => Ok(Linear::Own(tiles)),
             None => Ok(Linear::Candle(QMatMul::from_qtensor(self.qtensor(name)?)?)),
         }
     }
@@ -114,7 +117,6 @@ impl Tensors {
             ));
         }
         if let Some(tiles) = self.tiles(name)? {
-            let tiles = Arc::new(tiles);
             let embedding = Embedding {
                 vocab: tiles.rows(),
                 width: tiles.k(),
@@ -133,7 +135,7 @@ impl Tensors {
 /// A quantized weight matrix (out × in) applied to the last dimension of its input.
 pub enum Linear {
     /// Repacked for fitbench's kernels, in place of the file's bytes.
-    Own(Arc<Tiles>),
+    Own(Arc<dyn Repacked>),
     Candle(QMatMul),
 }
 
@@ -177,7 +179,7 @@ enum Rows {
         row_bytes: usize,
     },
     /// Shared with a tied output projection.
-    Tiled(Arc<Tiles>),
+    Tiled(Arc<dyn Repacked>),
 }
 
 impl Embedding {

@@ -16,8 +16,11 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Result;
 use half::f16;
 
+mod float16;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use float16::HalfTiles;
 
 /// Values per block of the 32-value formats, and per unit of a K-format super-block: the
 /// span one pass of 8 `dpbusd` covers.
@@ -613,14 +616,6 @@ impl Tiles {
         Ok(packed)
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// Stored value i (of the block's values) of row r in tile-block tb.
     fn value(&self, tb: usize, r: usize, i: usize) -> u8 {
         let quant_bytes = self.format.quant_bytes();
@@ -673,67 +668,6 @@ impl Tiles {
 
     fn sub_min(&self, tb: usize, unit: usize, r: usize) -> i32 {
         i32::from(self.sub_mins[(tb * self.format.units() + unit) * TILE + r])
-    }
-
-    /// Row `row`, dequantized into `out` (k values), with candle's arithmetic.
-    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
-        if row >= self.rows || out.len() != self.k {
-            candle_core::bail!(
-                "row {row} of a {}×{} matrix cannot fill {} values",
-                self.rows,
-                self.k,
-                out.len()
-            );
-        }
-        let (tile, r) = (row / TILE, row % TILE);
-        let mut values = [0i32; SUPER_BLOCK];
-        for (b, out) in out.chunks_exact_mut(self.format.block_values()).enumerate() {
-            let tb = tile * self.blocks + b;
-            let values = &mut values[..out.len()];
-            self.decode(tb, r, values);
-            let (scale, min) = (self.scale(tb, r), self.min(tb, r));
-            for (i, (o, &v)) in out.iter_mut().zip(values.iter()).enumerate() {
-                *o = match self.format {
-                    Format::Q4K | Format::Q5K => {
-                        let unit = i / BLOCK;
-                        scale * self.sub_scale(tb, unit, r) as f32 * v as f32
-                            - min * self.sub_min(tb, unit, r) as f32
-                    }
-                    Format::Q6K => scale * self.sub_scale(tb, i / 16, r) as f32 * v as f32,
-                    _ => scale * v as f32 + min,
-                };
-            }
-        }
-        Ok(())
-    }
-
-    /// `x` (m × k, row-major) times the transpose of these weights: the m × rows result,
-    /// row-major.
-    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        self.matmul_with(Kernel::best(), x, m)
-    }
-
-    /// [`Tiles::matmul`] with a chosen kernel; one this CPU lacks runs the portable one.
-    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        if x.len() != m * self.k {
-            candle_core::bail!(
-                "{} values are not {m} rows of {} for a {}×{} matrix",
-                x.len(),
-                self.k,
-                self.rows,
-                self.k
-            );
-        }
-        let kernel = if kernel.supported() {
-            kernel
-        } else {
-            Kernel::Portable
-        };
-        if self.format.is_k() {
-            self.run::<ActivationsK>(kernel, x, m)
-        } else {
-            self.run::<Activations>(kernel, x, m)
-        }
     }
 
     fn run<A: Columns>(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
@@ -810,6 +744,88 @@ impl Tiles {
                 )
             };
             done += width;
+        }
+    }
+}
+
+/// A weight matrix repacked for fitbench's kernels.
+pub trait Repacked: Send + Sync {
+    fn rows(&self) -> usize;
+
+    fn k(&self) -> usize;
+
+    /// Row `row`, dequantized into `out` (k values), with candle's arithmetic.
+    fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()>;
+
+    /// `x` (m × k, row-major) times the transpose of these weights, with a chosen kernel (one
+    /// this CPU lacks runs the portable one): the m × rows result, row-major.
+    fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>>;
+
+    /// [`Repacked::matmul_with`] the fastest kernel here.
+    fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.matmul_with(Kernel::best(), x, m)
+    }
+}
+
+impl Repacked for Tiles {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
+        if row >= self.rows || out.len() != self.k {
+            candle_core::bail!(
+                "row {row} of a {}×{} matrix cannot fill {} values",
+                self.rows,
+                self.k,
+                out.len()
+            );
+        }
+        let (tile, r) = (row / TILE, row % TILE);
+        let mut values = [0i32; SUPER_BLOCK];
+        for (b, out) in out.chunks_exact_mut(self.format.block_values()).enumerate() {
+            let tb = tile * self.blocks + b;
+            let values = &mut values[..out.len()];
+            self.decode(tb, r, values);
+            let (scale, min) = (self.scale(tb, r), self.min(tb, r));
+            for (i, (o, &v)) in out.iter_mut().zip(values.iter()).enumerate() {
+                *o = match self.format {
+                    Format::Q4K | Format::Q5K => {
+                        let unit = i / BLOCK;
+                        scale * self.sub_scale(tb, unit, r) as f32 * v as f32
+                            - min * self.sub_min(tb, unit, r) as f32
+                    }
+                    Format::Q6K => scale * self.sub_scale(tb, i / 16, r) as f32 * v as f32,
+                    _ => scale * v as f32 + min,
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        if x.len() != m * self.k {
+            candle_core::bail!(
+                "{} values are not {m} rows of {} for a {}×{} matrix",
+                x.len(),
+                self.k,
+                self.rows,
+                self.k
+            );
+        }
+        let kernel = if kernel.supported() {
+            kernel
+        } else {
+            Kernel::Portable
+        };
+        if self.format.is_k() {
+            self.run::<ActivationsK>(kernel, x, m)
+        } else {
+            self.run::<Activations>(kernel, x, m)
         }
     }
 }
@@ -1130,6 +1146,42 @@ mod tests {
                 );
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn f16_tiles_match_an_f32_matmul_of_the_same_weights() -> Result<()> {
+        let (n, k) = (48, 200);
+        let weights =
+            Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.to_dtype(candle_core::DType::F16)?;
+        let bytes: Vec<u8> = weights
+            .flatten_all()?
+            .to_vec1::<f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let tiles = HalfTiles::new(&bytes, n, k)?;
+        let weights = weights.to_dtype(candle_core::DType::F32)?;
+        let mut row = vec![0f32; k];
+        for r in [0, 17, 47] {
+            tiles.dequantize_row(r, &mut row)?;
+            assert_eq!(row, weights.get(r)?.to_vec1::<f32>()?, "row {r}");
+        }
+        for m in [1, 5, 9] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+            let expected: Vec<f32> = x.matmul(&weights.t()?)?.flatten_all()?.to_vec1()?;
+            let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            for kernel in Kernel::available() {
+                let got = tiles.matmul_with(kernel, &x, m)?;
+                let worst = worst_difference(&got, &expected);
+                assert!(
+                    worst <= 1e-4 * largest(&expected),
+                    "{kernel:?} m={m}: {worst}"
+                );
+            }
+        }
+        assert!(HalfTiles::new(&bytes[2..], n, k).is_err());
+        assert!(HalfTiles::new(&bytes, 8, 2 * k).is_err());
         Ok(())
     }
 

@@ -50,7 +50,9 @@ unsafe fn unit_vnni(tiles: &Tiles, tb: usize, unit: usize) -> [__m512i; GROUPS] 
         .quants
         .as_ptr()
         .add(tb * TILE * quant_bytes + unit * TILE * BLOCK / 2);
-    for line in 0..4 {
+    // A unit is 4 lines of nibbles or 8 of Q8_0's bytes.
+    let lines = if format == Format::Q8_0 { 8 } else { 4 };
+    for line in 0..lines {
         _mm_prefetch::<_MM_HINT_T0>(base.add(PREFETCH + line * 64) as *const i8);
     }
     let mut w = [_mm512_setzero_si512(); GROUPS];
