@@ -91,7 +91,9 @@ impl Tensors {
         let here = |format: Format| !format.is_k() || Kernel::best() != Kernel::Portable;
         let tiles: Arc<dyn Repacked> = match Format::of(info.ggml_dtype) {
             Some(format) if Tiles::fit(format, rows, k) && here(format) => {
-                Arc::new(Tiles::new(format, bytes, rows, k)?)
+                Arc::new(Tiles::new_releasing(format, bytes, rows, k, &|done| {
+                    self.release(done)
+                })?)
             }
             None if info.ggml_dtype == GgmlDType::F16 && HalfTiles::fit(rows, k) => {
                 Arc::new(HalfTiles::new(bytes, rows, k)?)

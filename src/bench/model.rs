@@ -61,7 +61,9 @@ impl Model {
     pub fn load(path: &Path, device: &Device, positions: usize) -> anyhow::Result<Model> {
         let mut file =
             std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file)
+        // Buffered: the header is read a value at a time (262,144 vocabulary strings for
+        // Gemma 3), one system call each without a buffer.
+        let content = gguf_file::Content::read(&mut std::io::BufReader::new(&mut file))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let arch = content
             .metadata

@@ -501,13 +501,30 @@ impl<'a> Part<'a> {
         }
     }
 
-    /// Repacks `bytes`, the file's rows for these tiles, into them.
-    fn pack(mut self, format: Format, blocks: usize, bytes: &[u8]) {
+    /// Repacks `bytes`, the file's rows for these tiles, into them, handing each 64 tiles'
+    /// worth of the file's bytes to `consumed` once done with them.
+    fn pack(
+        mut self,
+        format: Format,
+        blocks: usize,
+        bytes: &[u8],
+        consumed: &(dyn Fn(&[u8]) + Sync),
+    ) {
+        let row_bytes = blocks * format.block_bytes();
+        for (i, chunk) in bytes.chunks(64 * TILE * row_bytes).enumerate() {
+            self.pack_rows(format, blocks, i * 64 * TILE, chunk);
+            consumed(chunk);
+        }
+    }
+
+    /// Repacks `bytes`, the file's rows from row `first` (of these tiles) on.
+    fn pack_rows(&mut self, format: Format, blocks: usize, first: usize, bytes: &[u8]) {
         let (quant_bytes, units, planes) =
             (format.quant_bytes(), format.units(), format.high_planes());
         let subs = format.sub_blocks();
         let block_bytes = format.block_bytes();
         for (row, row_bytes) in bytes.chunks_exact(blocks * block_bytes).enumerate() {
+            let row = first + row;
             let (tile, r) = (row / TILE, row % TILE);
             for (b, block) in row_bytes.chunks_exact(block_bytes).enumerate() {
                 let tb = tile * blocks + b;
@@ -560,6 +577,19 @@ impl Tiles {
 
     /// Repacks `bytes`, the file's rows × k matrix in `format`.
     pub fn new(format: Format, bytes: &[u8], rows: usize, k: usize) -> Result<Tiles> {
+        Tiles::new_releasing(format, bytes, rows, k, &|_| {})
+    }
+
+    /// [`Tiles::new`], handing parts of `bytes` to `consumed` as soon as they are repacked:
+    /// a mapped file's pages can leave memory before the whole matrix is done (Gemma 3's
+    /// embedding is 73% of its file).
+    pub fn new_releasing(
+        format: Format,
+        bytes: &[u8],
+        rows: usize,
+        k: usize,
+        consumed: &(dyn Fn(&[u8]) + Sync),
+    ) -> Result<Tiles> {
         if !Tiles::fit(format, rows, k) {
             candle_core::bail!(
                 "a {rows}×{k} {:?} matrix is not whole tiles of {TILE} rows and {}-value blocks",
@@ -609,7 +639,7 @@ impl Tiles {
                 let (part, tail) = rest.split(count, &per_tile);
                 rest = tail;
                 let bytes = &bytes[first * tile_bytes..(first + count) * tile_bytes];
-                scope.spawn(move || part.pack(format, blocks, bytes));
+                scope.spawn(move || part.pack(format, blocks, bytes, consumed));
                 first += count;
             }
         });

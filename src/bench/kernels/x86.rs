@@ -47,14 +47,27 @@ unsafe fn prefetch_side(tiles: &Tiles, tb: usize) {
         }
     };
     let high = format.high_planes() * format.units() * GROUPS;
-    lines(tiles.high.as_ptr().wrapping_add(tb * high) as *const u8, high * 8);
-    lines(tiles.scales.as_ptr().wrapping_add(tb * TILE) as *const u8, 2 * TILE);
+    lines(
+        tiles.high.as_ptr().wrapping_add(tb * high) as *const u8,
+        high * 8,
+    );
+    lines(
+        tiles.scales.as_ptr().wrapping_add(tb * TILE) as *const u8,
+        2 * TILE,
+    );
     if !tiles.mins.is_empty() {
-        lines(tiles.mins.as_ptr().wrapping_add(tb * TILE) as *const u8, 2 * TILE);
+        lines(
+            tiles.mins.as_ptr().wrapping_add(tb * TILE) as *const u8,
+            2 * TILE,
+        );
     }
     let subs = format.sub_blocks() * TILE;
     lines(tiles.sub_scales.as_ptr().wrapping_add(tb * subs), subs);
-    let mins = if tiles.sub_mins.is_empty() { 0 } else { format.units() * TILE };
+    let mins = if tiles.sub_mins.is_empty() {
+        0
+    } else {
+        format.units() * TILE
+    };
     lines(tiles.sub_mins.as_ptr().wrapping_add(tb * mins), mins);
 }
 
