@@ -324,14 +324,10 @@ pub fn quantize_row_k(x: &[f32], out: &mut Vec<ActivationsK>) {
             sums: [0; 16],
             q: [0; SUPER_BLOCK],
         };
-        // The signed value of largest magnitude maps to -127.
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in block {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        // The signed value of largest magnitude (the first, as candle picks it) maps to
+        // -127. The magnitude first, in a loop that vectorizes; then its sign.
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let max = block.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
         if amax != 0.0 {
             let inverse = -127.0 / max;
             for (q, v) in a.q.iter_mut().zip(block) {

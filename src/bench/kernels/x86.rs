@@ -229,21 +229,21 @@ pub unsafe fn pass_k_vnni<const C: usize>(
                     high = _mm512_dpbusd_epi32(high, w[g + 4], _mm512_set1_epi32(group(q, g + 4)));
                 }
                 let (low_sum, high_sum) = (a.sums[2 * unit], a.sums[2 * unit + 1]);
-                if format == Format::Q6K {
+                let scaled = if format == Format::Q6K {
                     // Values are stored +32: take 32 × Σq out of each 16.
                     low = _mm512_sub_epi32(low, _mm512_set1_epi32(32 * low_sum));
                     high = _mm512_sub_epi32(high, _mm512_set1_epi32(32 * high_sum));
-                } else {
-                    let q_sum = _mm512_set1_epi32(low_sum + high_sum);
-                    mins[c] = _mm512_add_epi32(mins[c], _mm512_mullo_epi32(unit_min, q_sum));
-                }
-                sums[c] = _mm512_add_epi32(
-                    sums[c],
                     _mm512_add_epi32(
                         _mm512_mullo_epi32(low, low_scale),
                         _mm512_mullo_epi32(high, high_scale),
-                    ),
-                );
+                    )
+                } else {
+                    let q_sum = _mm512_set1_epi32(low_sum + high_sum);
+                    mins[c] = _mm512_add_epi32(mins[c], _mm512_mullo_epi32(unit_min, q_sum));
+                    // One scale for the whole unit: one multiply.
+                    _mm512_mullo_epi32(_mm512_add_epi32(low, high), low_scale)
+                };
+                sums[c] = _mm512_add_epi32(sums[c], scaled);
             }
         }
         let scales = _mm512_cvtph_ps(_mm256_loadu_si256(
@@ -457,20 +457,19 @@ pub unsafe fn pass_k_avx2<const C: usize>(
                     let mut low = unsigned_sums(&w[..4], q, 0);
                     let mut high = unsigned_sums(&w[4..], q, 4);
                     let (low_sum, high_sum) = (a.sums[2 * unit], a.sums[2 * unit + 1]);
-                    if format == Format::Q6K {
+                    let scaled = if format == Format::Q6K {
                         low = _mm256_sub_epi32(low, _mm256_set1_epi32(32 * low_sum));
                         high = _mm256_sub_epi32(high, _mm256_set1_epi32(32 * high_sum));
-                    } else {
-                        let q_sum = _mm256_set1_epi32(low_sum + high_sum);
-                        mins[c] = _mm256_add_epi32(mins[c], _mm256_mullo_epi32(unit_min, q_sum));
-                    }
-                    sums[c] = _mm256_add_epi32(
-                        sums[c],
                         _mm256_add_epi32(
                             _mm256_mullo_epi32(low, low_scale),
                             _mm256_mullo_epi32(high, high_scale),
-                        ),
-                    );
+                        )
+                    } else {
+                        let q_sum = _mm256_set1_epi32(low_sum + high_sum);
+                        mins[c] = _mm256_add_epi32(mins[c], _mm256_mullo_epi32(unit_min, q_sum));
+                        _mm256_mullo_epi32(_mm256_add_epi32(low, high), low_scale)
+                    };
+                    sums[c] = _mm256_add_epi32(sums[c], scaled);
                 }
             }
             let at = tb * TILE + half * 8;
