@@ -327,7 +327,11 @@ pub fn quantize_row_k(x: &[f32], out: &mut Vec<ActivationsK>) {
         // The signed value of largest magnitude (the first, as candle picks it) maps to
         // -127. The magnitude first, in a loop that vectorizes; then its sign.
         let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let max = block.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+        let max = block
+            .iter()
+            .copied()
+            .find(|v| v.abs() == amax)
+            .unwrap_or(0.0);
         if amax != 0.0 {
             let inverse = -127.0 / max;
             for (q, v) in a.q.iter_mut().zip(block) {
