@@ -3,7 +3,7 @@
 //! ([tile][k][row in tile]): one 32-byte load is one input position for 16 rows, converted
 //! once (F16C) and multiplied with every activation row of the pass.
 
-use super::{in_chunks, Kernel, Repacked, TILE};
+use super::{check_input, run_tiles, Kernel, Repacked, TilePass, TILE};
 use candle_core::Result;
 use half::f16;
 
@@ -52,12 +52,16 @@ impl HalfTiles {
         });
         Ok(HalfTiles { rows, k, values })
     }
+}
+
+impl TilePass for HalfTiles {
+    type Row = [f32];
 
     fn pass<const C: usize>(&self, kernel: Kernel, t: usize, x: [&[f32]; C]) -> [[f32; TILE]; C] {
         let tile = &self.values[t * TILE * self.k..][..TILE * self.k];
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `matmul_with` runs only kernels this CPU has; every row of x has k
+            // SAFETY: `run_tiles` runs only kernels this CPU has; every row of x has k
             // values and the tile k × 16 (both checked there and in `new`).
             Kernel::Avx512Vnni => unsafe { x86::pass_avx512(tile, x) },
             #[cfg(target_arch = "x86_64")]
@@ -107,58 +111,9 @@ impl Repacked for HalfTiles {
     }
 
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        if x.len() != m * self.k {
-            candle_core::bail!("{} values are not {m} rows of {}", x.len(), self.k);
-        }
-        let kernel = if kernel.supported() {
-            kernel
-        } else {
-            Kernel::Portable
-        };
-        let (n, k) = (self.rows, self.k);
-        let mut result = vec![0f32; m * n];
-        let out = result.as_mut_ptr() as usize;
-        let shares = if m == 1 { 1 } else { 8 };
-        in_chunks(n / TILE, shares, |tiles| {
-            for t in tiles {
-                let mut write = |column: usize, values: &[f32; TILE]| {
-                    // SAFETY: tile t writes only columns t*16..(t+1)*16 of each result row;
-                    // tiles are disjoint and `result` outlives the pool call.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            values.as_ptr(),
-                            (out as *mut f32).add(column * n + t * TILE),
-                            TILE,
-                        )
-                    }
-                };
-                let mut done = 0;
-                while done < m {
-                    let at = |c: usize| &x[(done + c) * k..(done + c + 1) * k];
-                    let width = if m - done >= 8 && kernel.columns() >= 8 {
-                        super::emit(
-                            done,
-                            self.pass::<8>(kernel, t, std::array::from_fn(at)),
-                            &mut write,
-                        )
-                    } else if m - done >= 4 {
-                        super::emit(
-                            done,
-                            self.pass::<4>(kernel, t, std::array::from_fn(at)),
-                            &mut write,
-                        )
-                    } else {
-                        super::emit(
-                            done,
-                            self.pass::<1>(kernel, t, std::array::from_fn(at)),
-                            &mut write,
-                        )
-                    };
-                    done += width;
-                }
-            }
-        });
-        Ok(result)
+        check_input(x, m, self.k)?;
+        let rows: Vec<&[f32]> = x.chunks_exact(self.k).collect();
+        Ok(run_tiles(self, kernel, self.rows, &rows))
     }
 }
 

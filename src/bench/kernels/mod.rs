@@ -717,64 +717,13 @@ impl Tiles {
         } else {
             candle_core::utils::barrier_pool().execute_chunked(m, quantize);
         }
-        let n = self.rows;
-        let mut result = vec![0f32; m * n];
-        let out = result.as_mut_ptr() as usize;
-        // Prompts are bound by arithmetic, not memory: finer chunks balance the threads.
-        let shares = if m == 1 { 1 } else { 8 };
-        in_chunks(n / TILE, shares, |tiles| {
-            for t in tiles {
-                let mut write = |column: usize, values: &[f32; TILE]| {
-                    // SAFETY: tile t writes only columns t*16..(t+1)*16 of each result row;
-                    // tiles are disjoint, and `result` outlives the pool call, which returns
-                    // when every tile is done.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            values.as_ptr(),
-                            (out as *mut f32).add(column * n + t * TILE),
-                            TILE,
-                        )
-                    }
-                };
-                self.tile(kernel, t, &activations, &mut write);
-            }
-        });
-        Ok(result)
-    }
-
-    /// Tile t against every activation row, a pass per `kernel.columns()` rows.
-    fn tile<A: Columns>(
-        &self,
-        kernel: Kernel,
-        t: usize,
-        activations: &[Vec<A>],
-        write: &mut impl FnMut(usize, &[f32; TILE]),
-    ) {
-        let mut done = 0;
-        while done < activations.len() {
-            let left = activations.len() - done;
-            let at = |c: usize| &activations[done + c][..];
-            let width = if left >= 8 && kernel.columns() >= 8 {
-                emit(
-                    done,
-                    A::pass::<8>(self, kernel, t, std::array::from_fn(at)),
-                    write,
-                )
-            } else if left >= 4 {
-                emit(
-                    done,
-                    A::pass::<4>(self, kernel, t, std::array::from_fn(at)),
-                    write,
-                )
-            } else {
-                emit(
-                    done,
-                    A::pass::<1>(self, kernel, t, std::array::from_fn(at)),
-                    write,
-                )
-            };
-            done += width;
-        }
+        let rows: Vec<&[A]> = activations.iter().map(|a| &a[..]).collect();
+        Ok(run_tiles(
+            &Quantized(self, std::marker::PhantomData),
+            kernel,
+            self.rows,
+            &rows,
+        ))
     }
 }
 
@@ -838,20 +787,7 @@ impl Repacked for Tiles {
     }
 
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        if x.len() != m * self.k {
-            candle_core::bail!(
-                "{} values are not {m} rows of {} for a {}×{} matrix",
-                x.len(),
-                self.k,
-                self.rows,
-                self.k
-            );
-        }
-        let kernel = if kernel.supported() {
-            kernel
-        } else {
-            Kernel::Portable
-        };
+        check_input(x, m, self.k)?;
         if self.format.is_k() {
             self.run::<ActivationsK>(kernel, x, m)
         } else {
@@ -875,6 +811,91 @@ fn in_chunks(items: usize, shares: usize, work: impl Fn(std::ops::Range<usize>) 
         }
         work(start..items.min(start + chunk));
     });
+}
+
+/// One pass of a tile of weights over C activation rows: the 16 outputs for each.
+trait TilePass: Sync {
+    type Row: ?Sized + Sync;
+
+    fn pass<const C: usize>(
+        &self,
+        kernel: Kernel,
+        t: usize,
+        rows: [&Self::Row; C],
+    ) -> [[f32; TILE]; C];
+}
+
+/// The 32-value or K-format tiles with their quantized activations.
+struct Quantized<'a, A>(&'a Tiles, std::marker::PhantomData<A>);
+
+impl<A: Columns> TilePass for Quantized<'_, A> {
+    type Row = [A];
+
+    fn pass<const C: usize>(&self, kernel: Kernel, t: usize, rows: [&[A]; C]) -> [[f32; TILE]; C] {
+        A::pass(self.0, kernel, t, rows)
+    }
+}
+
+fn check_input(x: &[f32], m: usize, k: usize) -> Result<()> {
+    if x.len() != m * k {
+        candle_core::bail!("{} values are not {m} rows of {k}", x.len());
+    }
+    Ok(())
+}
+
+/// Every tile of an n-row matrix against `rows`, a pass per `kernel.columns()` rows (a kernel
+/// this CPU lacks runs the portable one): the rows.len() × n result, row-major.
+fn run_tiles<P: TilePass>(weights: &P, kernel: Kernel, n: usize, rows: &[&P::Row]) -> Vec<f32> {
+    let kernel = if kernel.supported() {
+        kernel
+    } else {
+        Kernel::Portable
+    };
+    let m = rows.len();
+    let mut result = vec![0f32; m * n];
+    let out = result.as_mut_ptr() as usize;
+    // Prompts are bound by arithmetic, not memory: finer chunks balance the threads.
+    let shares = if m == 1 { 1 } else { 8 };
+    in_chunks(n / TILE, shares, |tiles| {
+        for t in tiles {
+            let mut write = |column: usize, values: &[f32; TILE]| {
+                // SAFETY: tile t writes only columns t*16..(t+1)*16 of each result row;
+                // tiles are disjoint, and `result` outlives the pool call, which returns
+                // when every tile is done.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        values.as_ptr(),
+                        (out as *mut f32).add(column * n + t * TILE),
+                        TILE,
+                    )
+                }
+            };
+            let mut done = 0;
+            while done < m {
+                let at = |c: usize| rows[done + c];
+                done += if m - done >= 8 && kernel.columns() >= 8 {
+                    emit(
+                        done,
+                        weights.pass::<8>(kernel, t, std::array::from_fn(at)),
+                        &mut write,
+                    )
+                } else if m - done >= 4 {
+                    emit(
+                        done,
+                        weights.pass::<4>(kernel, t, std::array::from_fn(at)),
+                        &mut write,
+                    )
+                } else {
+                    emit(
+                        done,
+                        weights.pass::<1>(kernel, t, std::array::from_fn(at)),
+                        &mut write,
+                    )
+                };
+            }
+        }
+    });
+    result
 }
 
 fn emit<const C: usize>(
@@ -914,7 +935,7 @@ impl Columns for Activations {
     ) -> [[f32; TILE]; C] {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `matmul_with` runs only kernels this CPU has; every activation row has
+            // SAFETY: `run_tiles` runs only kernels this CPU has; every activation row has
             // `blocks` blocks and the tile's data is whole (both by construction).
             Kernel::Avx512Vnni => unsafe { x86::pass_vnni(tiles, t, columns) },
             #[cfg(target_arch = "x86_64")]
