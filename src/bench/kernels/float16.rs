@@ -94,14 +94,7 @@ impl Repacked for HalfTiles {
     }
 
     fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
-        if row >= self.rows || out.len() != self.k {
-            candle_core::bail!(
-                "row {row} of a {}×{} matrix cannot fill {} values",
-                self.rows,
-                self.k,
-                out.len()
-            );
-        }
+        self.check_row(row, out)?;
         let (t, r) = (row / TILE, row % TILE);
         let tile = &self.values[t * TILE * self.k..][..TILE * self.k];
         for (o, values) in out.iter_mut().zip(tile.chunks_exact(TILE)) {

@@ -163,14 +163,14 @@ impl Format {
     }
 }
 
-/// One block as the file stores it, taken apart.
+/// One K-format super-block as the file stores it, taken apart.
 struct Unpacked {
-    /// Stored values (bias included; Q8_0's are signed bytes).
+    /// Stored values (Q6_K's with its +32 bias).
     values: [u8; SUPER_BLOCK],
-    /// f16 bits of the scale, and of the minimum where there is one.
+    /// f16 bits of the super-block scale, and of the minimum scale (Q4_K, Q5_K).
     scale: u16,
     min: u16,
-    /// K formats: integer scale per sub-block (Q6_K's are signed), minimum per unit.
+    /// Integer scale per sub-block (Q6_K's are signed), minimum per unit.
     sub_scales: [u8; 16],
     sub_mins: [u8; 8],
 }
@@ -206,30 +206,7 @@ impl Unpacked {
                 values[j + qs.len()] = byte >> 4;
             }
         };
-        let fifth_bits = |high: u32, values: &mut [u8]| {
-            for (j, v) in values.iter_mut().enumerate().take(BLOCK) {
-                *v |= (((high >> j) & 1) as u8) << 4;
-            }
-        };
-        let high = |at: usize| {
-            u32::from_le_bytes([block[at], block[at + 1], block[at + 2], block[at + 3]])
-        };
         match format {
-            Format::Q4_0 => nibbles(&block[2..18], &mut u.values),
-            Format::Q4_1 => {
-                u.min = f16_bits(block, 2);
-                nibbles(&block[4..20], &mut u.values);
-            }
-            Format::Q5_0 => {
-                nibbles(&block[6..22], &mut u.values);
-                fifth_bits(high(2), &mut u.values);
-            }
-            Format::Q5_1 => {
-                u.min = f16_bits(block, 2);
-                nibbles(&block[8..24], &mut u.values);
-                fifth_bits(high(4), &mut u.values);
-            }
-            Format::Q8_0 => u.values[..BLOCK].copy_from_slice(&block[2..34]),
             Format::Q4K | Format::Q5K => {
                 u.min = f16_bits(block, 2);
                 let scales = &block[4..16];
@@ -268,6 +245,9 @@ impl Unpacked {
                     }
                 }
             }
+            // The 32-value formats are repacked straight from the file's bytes
+            // (`Part::pack_block`).
+            Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => {}
         }
         u
     }
@@ -740,6 +720,19 @@ pub trait Repacked: Send + Sync {
     /// this CPU lacks runs the portable one): the m × rows result, row-major.
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>>;
 
+    /// Refuses a row past the end, or an output of the wrong length.
+    fn check_row(&self, row: usize, out: &[f32]) -> Result<()> {
+        if row >= self.rows() || out.len() != self.k() {
+            candle_core::bail!(
+                "row {row} of a {}×{} matrix cannot fill {} values",
+                self.rows(),
+                self.k(),
+                out.len()
+            );
+        }
+        Ok(())
+    }
+
     /// [`Repacked::matmul_with`] the fastest kernel here.
     fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         self.matmul_with(Kernel::best(), x, m)
@@ -756,14 +749,7 @@ impl Repacked for Tiles {
     }
 
     fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
-        if row >= self.rows || out.len() != self.k {
-            candle_core::bail!(
-                "row {row} of a {}×{} matrix cannot fill {} values",
-                self.rows,
-                self.k,
-                out.len()
-            );
-        }
+        self.check_row(row, out)?;
         let (tile, r) = (row / TILE, row % TILE);
         let mut values = [0i32; SUPER_BLOCK];
         for (b, out) in out.chunks_exact_mut(self.format.block_values()).enumerate() {
