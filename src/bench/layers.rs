@@ -41,7 +41,15 @@ impl Tensors {
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("cannot find tensor {name}")))?;
         let dtype = info.ggml_dtype;
-        let elements = info.shape.elem_count();
+        // Checked: the dimensions come from the file.
+        let Some(elements) = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+        else {
+            candle_core::bail!("{name}: dimensions {:?} overflow", info.shape.dims());
+        };
         if elements % dtype.block_size() != 0 {
             candle_core::bail!("{name}: {elements} values are not whole {dtype:?} blocks");
         }
