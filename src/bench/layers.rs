@@ -104,11 +104,12 @@ impl Tensors {
                 })?)
             }
             None if info.ggml_dtype == GgmlDType::F16 && HalfTiles::fit(rows, k) => {
-                Arc::new(HalfTiles::new(bytes, rows, k)?)
+                let tiles = HalfTiles::new(bytes, rows, k)?;
+                self.release(bytes);
+                Arc::new(tiles)
             }
             _ => return Ok(None),
         };
-        self.release(bytes);
         Ok(Some(tiles))
     }
 

@@ -336,20 +336,21 @@ pub enum Kernel {
 
 impl Kernel {
     /// The fastest kernel this CPU runs.
+    /// Called for every matmul, so it allocates nothing (feature checks are cached).
     pub fn best() -> Kernel {
-        Kernel::available()
-            .last()
-            .copied()
+        Kernel::ALL
+            .into_iter()
+            .rev()
+            .find(|k| k.supported())
             .unwrap_or(Kernel::Portable)
     }
 
     /// Every kernel this CPU runs, slowest first.
     pub fn available() -> Vec<Kernel> {
-        [Kernel::Portable, Kernel::Avx2, Kernel::Avx512Vnni]
-            .into_iter()
-            .filter(|k| k.supported())
-            .collect()
+        Kernel::ALL.into_iter().filter(|k| k.supported()).collect()
     }
+
+    const ALL: [Kernel; 3] = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512Vnni];
 
     fn supported(self) -> bool {
         match self {
