@@ -10,7 +10,7 @@
 //!   projection multiplies by the same quantized tensor.
 
 use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention, Tensors};
-use candle_core::{Device, IndexOp, Module, Result, Tensor};
+use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use std::sync::Arc;
 
@@ -39,37 +39,16 @@ struct Layer {
 }
 
 impl Layer {
-    /// 1 where query position `pos + i` must not see position `j`: later positions, and
-    /// those outside a sliding window.
-    fn mask(&self, seq_len: usize, pos: usize, device: &Device) -> Result<Tensor> {
-        let hidden = |i: usize, j: usize| match self.sliding_window {
-            Some(window) => j > i || i > j + window,
-            None => j > i,
-        };
-        let total = pos + seq_len;
-        let mask: Vec<u8> = (pos..total)
-            .flat_map(|i| (0..total).map(move |j| u8::from(hidden(i, j))))
-            .collect();
-        Tensor::from_slice(&mask, (seq_len, total), device)
-    }
-
     fn attention(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let a = &self.attention;
-        let q = a.heads(self.wq.forward(x)?, a.n_head)?;
-        let k = a.heads(self.wk.forward(x)?, a.n_kv_head)?;
-        let v = a.heads(self.wv.forward(x)?, a.n_kv_head)?;
-        let q = self
-            .rope
-            .apply(&self.q_norm.forward(&q.contiguous()?)?, pos)?;
-        let k = self
-            .rope
-            .apply(&self.k_norm.forward(&k.contiguous()?)?, pos)?;
-        let seq_len = x.dim(1)?;
-        let mask = match seq_len {
-            1 => None,
-            _ => Some(self.mask(seq_len, pos, x.device())?),
-        };
-        let out = self.attention.attend(&q, k, v, pos, mask.as_ref())?;
+        let q = a.split(self.wq.forward(x)?, a.n_head)?;
+        let k = a.split(self.wk.forward(x)?, a.n_kv_head)?;
+        let v = a.split(self.wv.forward(x)?, a.n_kv_head)?;
+        let q = self.rope.apply(&self.q_norm.forward(&q)?, pos)?;
+        let k = self.rope.apply(&self.k_norm.forward(&k)?, pos)?;
+        let out = self
+            .attention
+            .attend(&q, &k, &v, pos, self.sliding_window)?;
         self.wo.forward(&out)
     }
 
@@ -95,7 +74,6 @@ pub struct Gemma3 {
 impl Gemma3 {
     /// Loads a gemma3 GGUF onto the CPU, with RoPE tables for `positions` positions.
     pub fn from_gguf(tensors: &Tensors, positions: usize) -> Result<Gemma3> {
-        let device = &Device::Cpu;
         let get = |key: &str| metadata(&tensors.content, "gemma3", key);
         let n_head = get("attention.head_count")?.to_u32()? as usize;
         let n_kv_head = get("attention.head_count_kv")?.to_u32()? as usize;
@@ -118,20 +96,8 @@ impl Gemma3 {
         }
 
         let positions = positions.max(1);
-        let global_rope = Arc::new(Rope::new(
-            head_dim,
-            global_frequency,
-            positions,
-            false,
-            device,
-        )?);
-        let local_rope = Arc::new(Rope::new(
-            head_dim,
-            local_frequency,
-            positions,
-            false,
-            device,
-        )?);
+        let global_rope = Arc::new(Rope::new(head_dim, global_frequency, positions, false));
+        let local_rope = Arc::new(Rope::new(head_dim, local_frequency, positions, false));
         let tensor = |name: &str| tensors.qtensor(name);
         let (embedding, output) =
             tensors.embedding_and_output("token_embd.weight", "output.weight")?;

@@ -4,7 +4,7 @@
 
 use super::kernels::{Format, HalfTiles, Kernel, Repacked, Tiles};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -251,55 +251,40 @@ impl Embedding {
 /// cos and sin for positions 0..positions at one base frequency.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    cos: Tensor,
-    sin: Tensor,
+    /// positions × dim/2, row-major.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
     /// Pairs (2i, 2i+1), as llama writes its GGUFs; otherwise (i, i + d/2).
     interleaved: bool,
 }
 
 impl Rope {
-    pub fn new(
-        dim: usize,
-        frequency: f32,
-        positions: usize,
-        interleaved: bool,
-        device: &Device,
-    ) -> Result<Rope> {
+    pub fn new(dim: usize, frequency: f32, positions: usize, interleaved: bool) -> Rope {
         let theta: Vec<f32> = (0..dim)
             .step_by(2)
             .map(|i| 1f32 / frequency.powf(i as f32 / dim as f32))
             .collect();
-        let theta = Tensor::new(theta.as_slice(), device)?;
-        let positions = positions.max(1);
-        let angles = Tensor::arange(0, positions as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((positions, 1))?
-            .matmul(&theta.reshape((1, theta.elem_count()))?)?;
-        Ok(Rope {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+        let angles: Vec<f32> = (0..positions.max(1))
+            .flat_map(|p| theta.iter().map(move |t| p as f32 * t))
+            .collect();
+        Rope {
+            cos: angles.iter().map(|a| a.cos()).collect(),
+            sin: angles.iter().map(|a| a.sin()).collect(),
             interleaved,
-        })
+        }
     }
 
-    /// Rotates `x` (batch, heads, seq, dim) for positions `pos..`.
+    /// Rotates `x` (batch, seq, heads, dim) for positions `pos..`.
     pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
-        let seq_len = x.dim(2)?;
-        if pos + seq_len > self.cos.dim(0)? {
-            candle_core::bail!(
-                "position {} is past the {} positions this model was loaded for",
-                pos + seq_len,
-                self.cos.dim(0)?
-            );
-        }
-        let cos = self.cos.narrow(0, pos, seq_len)?;
-        let sin = self.sin.narrow(0, pos, seq_len)?;
-        let x = x.contiguous()?;
-        if self.interleaved {
-            candle_nn::rotary_emb::rope_i(&x, &cos, &sin)
-        } else {
-            candle_nn::rotary_emb::rope(&x, &cos, &sin)
-        }
+        super::ops::apply(
+            x,
+            &super::ops::Rotate {
+                cos: &self.cos,
+                sin: &self.sin,
+                pos,
+                interleaved: self.interleaved,
+            },
+        )
     }
 }
 
@@ -329,45 +314,42 @@ impl SelfAttention {
         }
     }
 
-    /// (batch, seq, n × head_dim) → (batch, n, seq, head_dim).
-    pub fn heads(&self, projected: Tensor, n: usize) -> Result<Tensor> {
+    /// (batch, seq, n × head_dim) → (batch, seq, n, head_dim).
+    pub fn split(&self, projected: Tensor, n: usize) -> Result<Tensor> {
         let (b, seq_len, _) = projected.dims3()?;
-        projected
-            .reshape((b, seq_len, n, self.head_dim))?
-            .transpose(1, 2)
+        projected.reshape((b, seq_len, n, self.head_dim))
     }
 
-    /// Appends `k` and `v` (at positions `pos..`) to the cache, then softmax(q·kᵀ/√d)·v with
-    /// the positions `mask` marks with 1 hidden; the heads merged back: (batch, seq, width).
+    /// Appends `k` and `v` (batch, seq, n_kv, head_dim; at positions `pos..`) to the cache,
+    /// then softmax(q·kᵀ/√d)·v, each query seeing the positions up to its own (and no more
+    /// than `window` before it); the heads merged back: (batch, seq, width).
     pub fn attend(
         &mut self,
         q: &Tensor,
-        k: Tensor,
-        v: Tensor,
+        k: &Tensor,
+        v: &Tensor,
         pos: usize,
-        mask: Option<&Tensor>,
+        window: Option<usize>,
     ) -> Result<Tensor> {
-        let (b, _, seq_len, _) = q.dims4()?;
+        let (b, seq_len, _, _) = q.dims4()?;
         if pos == 0 {
             self.kv_cache.reset();
         }
-        let (k, v) = self.kv_cache.append(&k.contiguous()?, &v.contiguous()?)?;
-        let kv_len = k.dim(2)?;
+        let heads_first = |x: &Tensor| x.transpose(1, 2)?.contiguous();
+        let (k, v) = self.kv_cache.append(&heads_first(k)?, &heads_first(v)?)?;
         // Each key-value head serves `group` query heads (heads are numbered kv-major): the
         // queries are grouped by it instead of the cache being copied `group` times.
         let group = self.n_head / self.n_kv_head;
         let grouped = (b, self.n_kv_head, group * seq_len, self.head_dim);
-        let q = q.contiguous()?.reshape(grouped)?;
-        let mut scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        if let Some(mask) = mask {
-            let shape = (b, self.n_kv_head, group, seq_len, kv_len);
-            let mask = mask.broadcast_as(shape)?;
-            let neg_inf = Tensor::new(f32::NEG_INFINITY, q.device())?.broadcast_as(shape)?;
-            scores = mask
-                .where_cond(&neg_inf, &scores.reshape(shape)?)?
-                .reshape((b, self.n_kv_head, group * seq_len, kv_len))?;
-        }
-        candle_nn::ops::softmax_last_dim(&scores)?
+        let q = heads_first(q)?.reshape(grouped)?;
+        let softmax = super::ops::CausalSoftmax {
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            seq_len,
+            pos,
+            window,
+        };
+        q.matmul(&k.t()?)?
+            .apply_op1_no_bwd(&softmax)?
             .matmul(&v)?
             .reshape((b, self.n_head, seq_len, self.head_dim))?
             .transpose(1, 2)?

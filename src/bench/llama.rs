@@ -6,9 +6,8 @@
 //! candle's model.
 
 use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention, Tensors};
-use candle_core::{Device, IndexOp, Module, Result, Tensor};
+use candle_core::{IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::build_causal_mask;
 
 struct Layer {
     wq: Linear,
@@ -24,18 +23,12 @@ struct Layer {
 }
 
 impl Layer {
-    fn attention(
-        &mut self,
-        x: &Tensor,
-        rope: &Rope,
-        mask: Option<&Tensor>,
-        pos: usize,
-    ) -> Result<Tensor> {
+    fn attention(&mut self, x: &Tensor, rope: &Rope, pos: usize) -> Result<Tensor> {
         let a = &self.attention;
-        let q = rope.apply(&a.heads(self.wq.forward(x)?, a.n_head)?, pos)?;
-        let k = rope.apply(&a.heads(self.wk.forward(x)?, a.n_kv_head)?, pos)?;
-        let v = a.heads(self.wv.forward(x)?, a.n_kv_head)?;
-        let out = self.attention.attend(&q, k, v, pos, mask)?;
+        let q = rope.apply(&a.split(self.wq.forward(x)?, a.n_head)?, pos)?;
+        let k = rope.apply(&a.split(self.wk.forward(x)?, a.n_kv_head)?, pos)?;
+        let v = a.split(self.wv.forward(x)?, a.n_kv_head)?;
+        let out = self.attention.attend(&q, &k, &v, pos, None)?;
         self.wo.forward(&out)
     }
 }
@@ -68,7 +61,6 @@ impl Llama {
         {
             candle_core::bail!("llama: {n_head} heads, {n_kv_head} key-value heads and width {width} do not fit together");
         }
-        let device = &Device::Cpu;
         let tensor = |name: &str| tensors.qtensor(name);
         let (embedding, output) =
             tensors.embedding_and_output("token_embd.weight", "output.weight")?;
@@ -104,26 +96,16 @@ impl Llama {
             norm,
             output,
             // llama GGUFs pair dimensions (2i, 2i+1), as llama.cpp's LLAMA_ROPE_TYPE_NORM.
-            rope: Rope::new(rope_dim, frequency, positions, true, device)?,
+            rope: Rope::new(rope_dim, frequency, positions, true),
         })
     }
 
     /// Runs `ids` (batch, seq) at positions `pos..`; the last position's logits.
     pub fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
         let seq_len = ids.dim(1)?;
-        let mask = if seq_len > 1 {
-            Some(build_causal_mask(seq_len, pos, ids.device())?)
-        } else {
-            None
-        };
         let mut x = self.embedding.forward(ids)?;
         for layer in &mut self.layers {
-            let attended = layer.attention(
-                &layer.attention_norm.forward(&x)?,
-                &self.rope,
-                mask.as_ref(),
-                pos,
-            )?;
+            let attended = layer.attention(&layer.attention_norm.forward(&x)?, &self.rope, pos)?;
             let x1 = (attended + &x)?;
             let normed = layer.ffn_norm.forward(&x1)?;
             let gated = (candle_nn::ops::silu(&layer.gate.forward(&normed)?)?

@@ -11,6 +11,7 @@ pub mod layers;
 pub mod llama;
 pub mod model;
 pub mod monitor;
+pub mod ops;
 mod runner;
 pub mod sample;
 pub mod session;

@@ -253,6 +253,29 @@ impl Unpacked {
     }
 }
 
+/// The largest magnitude in `values` (a whole number of 8s), NaN ignored as `f32::max`
+/// ignores it. Eight running maxima vectorize where one does not.
+fn abs_max(values: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    for chunk in values.chunks_exact(8) {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v.abs());
+        }
+    }
+    lanes.iter().fold(0f32, |m, &v| m.max(v))
+}
+
+/// `v.round() as i8`: halves away from zero, saturating, NaN to 0. `f32::round` is a
+/// library call per value on baseline x86-64; these steps vectorize, and are exact because
+/// `v - trunc(v)` is.
+#[inline(always)]
+fn round_to_i8(v: f32) -> i8 {
+    let v = v.clamp(-128.0, 127.0);
+    let truncated = v as i32;
+    let fraction = v - truncated as f32;
+    (truncated + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5)) as i8
+}
+
 /// 32 activations as 8-bit integers, for the 32-value formats: value ≈ d × q; `s` = d × Σq,
 /// for the formats with a minimum. The rounding matches candle's `BlockQ8_1::from_float`,
 /// f16 scales included.
@@ -268,15 +291,13 @@ pub struct Activations {
 pub fn quantize_row(x: &[f32], out: &mut Vec<Activations>) {
     out.clear();
     for block in x.chunks_exact(BLOCK) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
+        let d = abs_max(block) / 127.0;
         let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut q = [0i8; BLOCK];
-        let mut sum = 0i32;
         for (q, v) in q.iter_mut().zip(block) {
-            *q = (v * inverse).round() as i8;
-            sum += i32::from(*q);
+            *q = round_to_i8(v * inverse);
         }
+        let sum = q.iter().map(|&q| i32::from(q)).sum();
         let d = f16::from_f32(d);
         out.push(Activations {
             d: d.to_f32(),
@@ -306,7 +327,7 @@ pub fn quantize_row_k(x: &[f32], out: &mut Vec<ActivationsK>) {
         };
         // The signed value of largest magnitude (the first, as candle picks it) maps to
         // -127. The magnitude first, in a loop that vectorizes; then its sign.
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = abs_max(block);
         let max = block
             .iter()
             .copied()
@@ -315,7 +336,7 @@ pub fn quantize_row_k(x: &[f32], out: &mut Vec<ActivationsK>) {
         if amax != 0.0 {
             let inverse = -127.0 / max;
             for (q, v) in a.q.iter_mut().zip(block) {
-                *q = (inverse * v).round().clamp(-128.0, 127.0) as i8;
+                *q = round_to_i8(inverse * v);
             }
             for (sum, q) in a.sums.iter_mut().zip(a.q.chunks_exact(16)) {
                 *sum = q.iter().map(|&q| i32::from(q)).sum();
@@ -1028,6 +1049,24 @@ mod tests {
     use candle_core::quantized::{QStorage, QTensor};
     use candle_core::{Device, Tensor};
     use std::borrow::Cow;
+
+    #[test]
+    fn rounding_matches_f32_round_with_ties_infinities_and_nan() {
+        let mut values = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30];
+        for i in -600..=600 {
+            let v = i as f32 / 4.0;
+            values.extend([v, v.next_up(), v.next_down()]);
+        }
+        for v in values {
+            assert_eq!(round_to_i8(v), v.round() as i8, "{v}");
+        }
+        let block: Vec<f32> = (0..32).map(|i| (i as f32 - 20.5) * 0.3).collect();
+        let mut with_nan = block.clone();
+        with_nan[3] = f32::NAN;
+        let expected = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(abs_max(&block), expected);
+        assert_eq!(abs_max(&with_nan), expected);
+    }
 
     /// Random bytes are valid blocks for these formats once the f16 scales are tamed.
     fn random_weights(format: Format, rows: usize, k: usize, seed: u64) -> Vec<u8> {

@@ -1,0 +1,318 @@
+//! The CPU work between the matmuls that candle does one value at a time, on its rayon pool:
+//! rotary position embedding and the scaled, causally masked softmax of attention. Together
+//! they were a sixth of a TinyLlama prompt pass. Here the loops vectorize, run on candle's
+//! own thread pool, and the softmax skips the masked half of the scores.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+/// The contiguous f32 values of a CPU tensor, or an error naming `op`.
+fn values<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(all) = storage else {
+        candle_core::bail!("{op} takes f32 values");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&all[start..end]),
+        None => candle_core::bail!("{op} takes a contiguous tensor"),
+    }
+}
+
+/// `fill(row, output row)` for each `width`-value row of a new buffer, the rows split across
+/// candle's thread pool when there are enough of them to be worth it.
+fn rows_in_parallel(
+    rows: usize,
+    width: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; rows * width];
+    if rows * width < 1 << 15 {
+        for (row, values) in out.chunks_exact_mut(width).enumerate() {
+            fill(row, values);
+        }
+        return out;
+    }
+    let base = out.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+        for row in range {
+            // SAFETY: each row index is handed out once, so the slices are disjoint; `out`
+            // outlives the pool call, which returns when every row is done.
+            let values = unsafe {
+                std::slice::from_raw_parts_mut((base as *mut f32).add(row * width), width)
+            };
+            fill(row, values);
+        }
+    });
+    out
+}
+
+/// Rotates (batch, seq, heads, dim) values for positions `pos..` with the tables' cos and sin
+/// (positions × dim/2). Each pair is rotated as candle's `rope`/`rope_i` rotates it.
+pub struct Rotate<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    pub pos: usize,
+    /// Pairs (2i, 2i+1) as llama writes its GGUFs; otherwise (i, i + dim/2).
+    pub interleaved: bool,
+}
+
+impl CustomOp1 for Rotate<'_> {
+    fn name(&self) -> &'static str {
+        "rotary-embedding"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = values(self.name(), storage, layout)?;
+        let (_, seq_len, heads, dim) = layout.shape().dims4()?;
+        let half = dim / 2;
+        if dim % 2 != 0
+            || self.cos.len() != self.sin.len()
+            || (self.pos + seq_len) * half > self.cos.len()
+        {
+            candle_core::bail!(
+                "cannot rotate {dim}-value heads at positions {}..{} with {} table values",
+                self.pos,
+                self.pos + seq_len,
+                self.cos.len()
+            );
+        }
+        let out = rows_in_parallel(x.len() / dim, dim, |row, out| {
+            let at = (self.pos + row / heads % seq_len) * half;
+            let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+            let x = &x[row * dim..(row + 1) * dim];
+            if self.interleaved {
+                for (((out, x), &c), &s) in out
+                    .chunks_exact_mut(2)
+                    .zip(x.chunks_exact(2))
+                    .zip(cos)
+                    .zip(sin)
+                {
+                    out[0] = x[0] * c - x[1] * s;
+                    out[1] = x[0] * s + x[1] * c;
+                }
+            } else {
+                let (out_low, out_high) = out.split_at_mut(half);
+                let (low, high) = x.split_at(half);
+                for i in 0..half {
+                    out_low[i] = low[i] * cos[i] - high[i] * sin[i];
+                    out_high[i] = low[i] * sin[i] + high[i] * cos[i];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// softmax(scale × scores) over each row of (batch, kv heads, group × seq, kv_len) scores,
+/// where query i of the seq (at position pos + i) sees keys pos + i - window ..= pos + i; the
+/// others get 0, as a mask of -∞ gives them.
+pub struct CausalSoftmax {
+    pub scale: f32,
+    pub seq_len: usize,
+    pub pos: usize,
+    pub window: Option<usize>,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let scores = values(self.name(), storage, layout)?;
+        let kv_len = layout.shape().dims().last().copied().unwrap_or(0);
+        if kv_len != self.pos + self.seq_len || self.seq_len == 0 {
+            candle_core::bail!(
+                "{kv_len} keys do not follow {} earlier positions and {} queries",
+                self.pos,
+                self.seq_len
+            );
+        }
+        let out = rows_in_parallel(scores.len() / kv_len, kv_len, |row, out| {
+            let last = self.pos + row % self.seq_len;
+            let first = self.window.map_or(0, |w| last.saturating_sub(w));
+            softmax(
+                self.scale,
+                &scores[row * kv_len..][first..=last],
+                &mut out[first..=last],
+            );
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// Calls `f` on every 8 values: eight running results vectorize where one does not.
+fn lanes(values: &[f32], start: f32, f: impl Fn(f32, f32) -> f32) -> [f32; 8] {
+    let mut lanes = [start; 8];
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = f(*lane, v);
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(rest) {
+        *lane = f(*lane, v);
+    }
+    lanes
+}
+
+fn softmax(scale: f32, scores: &[f32], out: &mut [f32]) {
+    let max = lanes(scores, f32::NEG_INFINITY, f32::max)
+        .into_iter()
+        .fold(f32::NEG_INFINITY, f32::max)
+        * scale;
+    for (o, &s) in out.iter_mut().zip(scores) {
+        *o = exp(s * scale - max);
+    }
+    let sum: f32 = lanes(out, 0.0, |a, b| a + b).iter().sum();
+    let inverse = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inverse;
+    }
+}
+
+/// e^x for x ≤ 0 (within 2 ulp; below -87 it gives about 1e-38 rather than 0). Cephes' expf:
+/// x = n ln 2 + r with |r| ≤ ln2/2, a degree-6 polynomial for e^r, and 2^n put straight into
+/// the exponent bits. Unlike `f32::exp`, a library call per value, it vectorizes.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HIGH: f32 = 0.693_359_4;
+    const LN2_LOW: f32 = -2.121_944_4e-4;
+    // Adding and taking away 1.5 × 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 0.0);
+    let n = (x * LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HIGH - n * LN2_LOW;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Applies `op` to `x`, made contiguous first.
+pub fn apply(x: &Tensor, op: &impl CustomOp1) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, IndexOp, D};
+
+    fn random(shape: &[usize]) -> Tensor {
+        Tensor::rand(-4f32, 4f32, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_library_exp() {
+        let mut x = 0f32;
+        while x > -87.0 {
+            let (ours, exact) = (exp(x), x.exp());
+            let ulps = (ours.to_bits() as i64 - exact.to_bits() as i64).abs();
+            assert!(ulps <= 2, "exp({x}) = {ours}, not {exact}");
+            x -= 0.000_731;
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NEG_INFINITY) < 1e-37);
+    }
+
+    #[test]
+    fn rotation_equals_candles_rope_for_both_pairings() {
+        let (positions, dim, heads, seq, pos) = (40, 16, 3, 5, 7);
+        let angles = random(&[positions, dim / 2]);
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let x = random(&[2, seq, heads, dim]);
+        for interleaved in [true, false] {
+            let op = Rotate {
+                cos: &cos.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                sin: &sin.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                pos,
+                interleaved,
+            };
+            let ours = apply(&x, &op).unwrap().transpose(1, 2).unwrap();
+            let heads_first = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            let (c, s) = (
+                cos.narrow(0, pos, seq).unwrap(),
+                sin.narrow(0, pos, seq).unwrap(),
+            );
+            let candle = if interleaved {
+                candle_nn::rotary_emb::rope_i(&heads_first, &c, &s)
+            } else {
+                candle_nn::rotary_emb::rope(&heads_first, &c, &s)
+            }
+            .unwrap();
+            let difference = (ours - candle).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(
+                difference.to_scalar::<f32>().unwrap(),
+                0.0,
+                "interleaved {interleaved}"
+            );
+        }
+        let past_the_table = Rotate {
+            cos: &[0.0; 8],
+            sin: &[0.0; 8],
+            pos: 0,
+            interleaved: true,
+        };
+        assert!(apply(&x, &past_the_table).is_err());
+    }
+
+    #[test]
+    fn causal_softmax_equals_masking_then_candles_softmax() {
+        let (seq, pos, kv_heads, group) = (6, 4, 2, 3);
+        let kv_len = pos + seq;
+        let scores = random(&[1, kv_heads, group * seq, kv_len]);
+        for window in [None, Some(3)] {
+            let op = CausalSoftmax {
+                scale: 0.125,
+                seq_len: seq,
+                pos,
+                window,
+            };
+            let ours = apply(&scores, &op).unwrap();
+            let hidden: Vec<f32> = (0..group * seq)
+                .flat_map(|r| {
+                    let i = pos + r % seq;
+                    (0..kv_len).map(move |j| {
+                        let seen = j <= i && window.is_none_or(|w| j + w >= i);
+                        if seen {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(hidden, (group * seq, kv_len), &Device::Cpu).unwrap();
+            let masked = ((scores.clone() * 0.125).unwrap().broadcast_add(&mask)).unwrap();
+            let reference = candle_nn::ops::softmax_last_dim(&masked).unwrap();
+            let difference = (&ours - reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert!(
+                difference.to_scalar::<f32>().unwrap() < 1e-6,
+                "window {window:?}"
+            );
+            let row_sums = ours.sum(D::Minus1).unwrap().flatten_all().unwrap();
+            for total in row_sums.to_vec1::<f32>().unwrap() {
+                assert!((total - 1.0).abs() < 1e-5);
+            }
+            let first_query = ours.i((0, 0, 0)).unwrap().to_vec1::<f32>().unwrap();
+            assert!(first_query[pos + 1..].iter().all(|&p| p == 0.0));
+        }
+        let too_few_keys = CausalSoftmax {
+            scale: 1.0,
+            seq_len: seq + 1,
+            pos,
+            window: None,
+        };
+        assert!(apply(&scores, &too_few_keys).is_err());
+    }
+}
