@@ -254,24 +254,28 @@ impl Unpacked {
 }
 
 /// The largest magnitude in `values` (a whole number of 8s), NaN ignored as `f32::max`
-/// ignores it. Eight running maxima vectorize where one does not.
+/// ignores it. Eight running maxima, each a compare and select, vectorize where `f32::max`
+/// does not.
 fn abs_max(values: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     for chunk in values.chunks_exact(8) {
         for (m, v) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(v.abs());
+            let v = v.abs();
+            *m = if v > *m { v } else { *m };
         }
     }
     lanes.iter().fold(0f32, |m, &v| m.max(v))
 }
 
-/// `v.round() as i8`: halves away from zero, saturating, NaN to 0. `f32::round` is a
-/// library call per value on baseline x86-64; these steps vectorize, and are exact because
+/// `v.round() as i8`: halves away from zero, saturating, NaN to 0. `f32::round` and the
+/// saturating `as` are branches per value; these steps vectorize, and are exact because
 /// `v - trunc(v)` is.
 #[inline(always)]
 fn round_to_i8(v: f32) -> i8 {
-    let v = v.clamp(-128.0, 127.0);
-    let truncated = v as i32;
+    #[allow(clippy::eq_op)]
+    let v = if v == v { v.clamp(-128.0, 127.0) } else { 0.0 };
+    // SAFETY: v is finite and within i32's range.
+    let truncated: i32 = unsafe { v.to_int_unchecked() };
     let fraction = v - truncated as f32;
     (truncated + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5)) as i8
 }
@@ -288,9 +292,18 @@ pub struct Activations {
     q: [i8; BLOCK],
 }
 
-pub fn quantize_row(x: &[f32], out: &mut Vec<Activations>) {
-    out.clear();
-    for block in x.chunks_exact(BLOCK) {
+impl Activations {
+    const ZERO: Activations = Activations {
+        d: 0.0,
+        s: 0.0,
+        sum: 0,
+        q: [0; BLOCK],
+    };
+}
+
+/// Quantizes `x` into `out`, one block per 32 values.
+pub fn quantize_row(x: &[f32], out: &mut [Activations]) {
+    for (block, out) in x.chunks_exact(BLOCK).zip(out) {
         let d = abs_max(block) / 127.0;
         let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut q = [0i8; BLOCK];
@@ -299,12 +312,12 @@ pub fn quantize_row(x: &[f32], out: &mut Vec<Activations>) {
         }
         let sum = q.iter().map(|&q| i32::from(q)).sum();
         let d = f16::from_f32(d);
-        out.push(Activations {
+        *out = Activations {
             d: d.to_f32(),
             s: (f16::from_f32(sum as f32) * d).to_f32(),
             sum,
             q,
-        });
+        };
     }
 }
 
@@ -317,14 +330,18 @@ pub struct ActivationsK {
     q: [i8; SUPER_BLOCK],
 }
 
-pub fn quantize_row_k(x: &[f32], out: &mut Vec<ActivationsK>) {
-    out.clear();
-    for block in x.chunks_exact(SUPER_BLOCK) {
-        let mut a = ActivationsK {
-            d: 0.0,
-            sums: [0; 16],
-            q: [0; SUPER_BLOCK],
-        };
+impl ActivationsK {
+    const ZERO: ActivationsK = ActivationsK {
+        d: 0.0,
+        sums: [0; 16],
+        q: [0; SUPER_BLOCK],
+    };
+}
+
+/// Quantizes `x` into `out`, one block per 256 values.
+pub fn quantize_row_k(x: &[f32], out: &mut [ActivationsK]) {
+    for (block, a) in x.chunks_exact(SUPER_BLOCK).zip(out) {
+        *a = ActivationsK::ZERO;
         // The signed value of largest magnitude (the first, as candle picks it) maps to
         // -127. The magnitude first, in a loop that vectorizes; then its sign.
         let amax = abs_max(block);
@@ -343,7 +360,6 @@ pub fn quantize_row_k(x: &[f32], out: &mut Vec<ActivationsK>) {
             }
             a.d = 1.0 / inverse;
         }
-        out.push(a);
     }
 }
 
@@ -703,13 +719,16 @@ impl Tiles {
     }
 
     fn run<A: Columns>(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        let mut activations = vec![Vec::<A>::new(); m];
-        let rows = activations.as_mut_ptr() as usize;
+        let blocks = self.k / A::VALUES;
+        let mut activations = vec![A::ZERO; m * blocks];
+        let base = activations.as_mut_ptr() as usize;
         let quantize = |range: std::ops::Range<usize>| {
             for i in range {
-                // SAFETY: item i writes only activations[i]; items are disjoint and the
-                // pool call returns when every item is done.
-                let out = unsafe { &mut *(rows as *mut Vec<A>).add(i) };
+                // SAFETY: row i writes only its own `blocks` blocks; rows are disjoint and
+                // the pool call returns when every row is done.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut((base as *mut A).add(i * blocks), blocks)
+                };
                 A::quantize(&x[i * self.k..(i + 1) * self.k], out);
             }
         };
@@ -719,7 +738,7 @@ impl Tiles {
         } else {
             candle_core::utils::barrier_pool().execute_chunked(m, quantize);
         }
-        let rows: Vec<&[A]> = activations.iter().map(|a| &a[..]).collect();
+        let rows: Vec<&[A]> = activations.chunks_exact(blocks).collect();
         Ok(run_tiles(
             &Quantized(self, std::marker::PhantomData),
             kernel,
@@ -918,8 +937,12 @@ fn emit<const C: usize>(
 }
 
 /// Quantized activation blocks, and the kernels that take them.
-trait Columns: Clone + Send + Sync {
-    fn quantize(x: &[f32], out: &mut Vec<Self>);
+trait Columns: Copy + Send + Sync {
+    const ZERO: Self;
+    /// Values per block.
+    const VALUES: usize;
+
+    fn quantize(x: &[f32], out: &mut [Self]);
 
     /// One pass of tile t over C activation rows: the 16 outputs for each.
     fn pass<const C: usize>(
@@ -931,7 +954,10 @@ trait Columns: Clone + Send + Sync {
 }
 
 impl Columns for Activations {
-    fn quantize(x: &[f32], out: &mut Vec<Self>) {
+    const ZERO: Self = Activations::ZERO;
+    const VALUES: usize = BLOCK;
+
+    fn quantize(x: &[f32], out: &mut [Self]) {
         quantize_row(x, out)
     }
 
@@ -955,7 +981,10 @@ impl Columns for Activations {
 }
 
 impl Columns for ActivationsK {
-    fn quantize(x: &[f32], out: &mut Vec<Self>) {
+    const ZERO: Self = ActivationsK::ZERO;
+    const VALUES: usize = SUPER_BLOCK;
+
+    fn quantize(x: &[f32], out: &mut [Self]) {
         quantize_row_k(x, out)
     }
 
@@ -1201,11 +1230,11 @@ mod tests {
             let mut seen = Vec::new();
             for row in x.chunks_exact(k) {
                 if format.is_k() {
-                    let mut blocks = Vec::new();
+                    let mut blocks = vec![ActivationsK::ZERO; k / SUPER_BLOCK];
                     quantize_row_k(row, &mut blocks);
                     seen.extend(blocks.iter().flat_map(|b| b.q.map(|q| b.d * f32::from(q))));
                 } else {
-                    let mut blocks = Vec::new();
+                    let mut blocks = vec![Activations::ZERO; k / BLOCK];
                     quantize_row(row, &mut blocks);
                     seen.extend(blocks.iter().flat_map(|b| b.q.map(|q| b.d * f32::from(q))));
                 }

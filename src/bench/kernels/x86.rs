@@ -37,8 +37,7 @@ unsafe fn group(q: &[i8], g: usize) -> i32 {
 /// separate streams the hardware prefetcher did not keep up with (a third of Q6_K's
 /// generation time stalled on its high-bit masks, by perf).
 #[inline(always)]
-unsafe fn prefetch_side(tiles: &Tiles, tb: usize) {
-    let format = tiles.format;
+unsafe fn prefetch_side(tiles: &Tiles, format: Format, tb: usize) {
     let tb = tb + (PREFETCH / (TILE * format.quant_bytes())).max(1);
     // wrapping_add: near the end these point past the arrays, which a prefetch ignores.
     let lines = |start: *const u8, bytes: usize| {
@@ -73,17 +72,22 @@ unsafe fn prefetch_side(tiles: &Tiles, tb: usize) {
 
 /// The high-bit masks of one unit's 8 groups, for each plane.
 #[inline(always)]
-unsafe fn high_masks(tiles: &Tiles, tb: usize, unit: usize, plane: usize) -> &[u64] {
-    let (planes, units) = (tiles.format.high_planes(), tiles.format.units());
+unsafe fn high_masks(
+    tiles: &Tiles,
+    format: Format,
+    tb: usize,
+    unit: usize,
+    plane: usize,
+) -> &[u64] {
+    let (planes, units) = (format.high_planes(), format.units());
     &tiles.high[((tb * planes + plane) * units + unit) * GROUPS..][..GROUPS]
 }
 
 /// One 32-value unit of tile-block tb as 8 registers of unsigned bytes: register g holds
 /// values 4g..4g+4 of each of the 16 rows (Q8_0 shifted by 128 to be unsigned).
-#[target_feature(enable = "avx512f,avx512bw")]
-#[inline]
-unsafe fn unit_vnni(tiles: &Tiles, tb: usize, unit: usize) -> [__m512i; GROUPS] {
-    let format = tiles.format;
+/// Always inlined, so that a caller's constant `format` takes the other formats' code out.
+#[inline(always)]
+unsafe fn unit_vnni(tiles: &Tiles, format: Format, tb: usize, unit: usize) -> [__m512i; GROUPS] {
     let quant_bytes = format.quant_bytes();
     let base = tiles
         .quants
@@ -110,7 +114,7 @@ unsafe fn unit_vnni(tiles: &Tiles, tb: usize, unit: usize) -> [__m512i; GROUPS] 
     }
     for plane in 0..format.high_planes() {
         let bit = _mm512_set1_epi8(16 << plane);
-        for (w, &mask) in w.iter_mut().zip(high_masks(tiles, tb, unit, plane)) {
+        for (w, &mask) in w.iter_mut().zip(high_masks(tiles, format, tb, unit, plane)) {
             *w = _mm512_mask_add_epi8(*w, mask, *w, bit);
         }
     }
@@ -119,13 +123,30 @@ unsafe fn unit_vnni(tiles: &Tiles, tb: usize, unit: usize) -> [__m512i; GROUPS] 
 
 /// One pass of tile t over C activation rows, 32-value formats, AVX-512 VNNI: per block the
 /// 16 rows' values in 8 registers, then 8 `dpbusd` per activation row.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn pass_vnni<const C: usize>(
     tiles: &Tiles,
     t: usize,
     columns: [&[Activations]; C],
 ) -> [[f32; TILE]; C] {
-    let format = tiles.format;
+    match tiles.format {
+        Format::Q4_1 => pass_vnni_as::<C, 1>(tiles, t, columns),
+        Format::Q5_0 => pass_vnni_as::<C, 2>(tiles, t, columns),
+        Format::Q5_1 => pass_vnni_as::<C, 3>(tiles, t, columns),
+        Format::Q8_0 => pass_vnni_as::<C, 4>(tiles, t, columns),
+        // Q4_0; the K formats never come here.
+        _ => pass_vnni_as::<C, 0>(tiles, t, columns),
+    }
+}
+
+/// [`pass_vnni`] compiled for one format, `Format::ALL[F]`: without the other formats'
+/// branches its loop over the columns unrolls and keeps its accumulators in registers.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn pass_vnni_as<const C: usize, const F: usize>(
+    tiles: &Tiles,
+    t: usize,
+    columns: [&[Activations]; C],
+) -> [[f32; TILE]; C] {
+    let format = Format::ALL[F];
     let bias = if format == Format::Q8_0 {
         128
     } else {
@@ -134,8 +155,8 @@ pub unsafe fn pass_vnni<const C: usize>(
     let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
-        prefetch_side(tiles, tb);
-        let w = unit_vnni(tiles, tb, 0);
+        prefetch_side(tiles, format, tb);
+        let w = unit_vnni(tiles, format, tb, 0);
         let scales = _mm512_cvtph_ps(_mm256_loadu_si256(
             tiles.scales.as_ptr().add(tb * TILE) as *const __m256i
         ));
@@ -176,13 +197,27 @@ pub unsafe fn pass_vnni<const C: usize>(
 /// One pass of tile t over C activation rows, K formats, AVX-512 VNNI: each unit's integer
 /// sums times the rows' integer sub-block scales, summed exactly over the super-block, then
 /// one float scale per super-block.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn pass_k_vnni<const C: usize>(
     tiles: &Tiles,
     t: usize,
     columns: [&[ActivationsK]; C],
 ) -> [[f32; TILE]; C] {
-    let format = tiles.format;
+    match tiles.format {
+        Format::Q5K => pass_k_vnni_as::<C, 6>(tiles, t, columns),
+        Format::Q6K => pass_k_vnni_as::<C, 7>(tiles, t, columns),
+        // Q4_K; the 32-value formats never come here.
+        _ => pass_k_vnni_as::<C, 5>(tiles, t, columns),
+    }
+}
+
+/// [`pass_k_vnni`] compiled for one format, `Format::ALL[F]`, as [`pass_vnni_as`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
+    tiles: &Tiles,
+    t: usize,
+    columns: [&[ActivationsK]; C],
+) -> [[f32; TILE]; C] {
+    let format = Format::ALL[F];
     let subs = format.sub_blocks();
     let sub_scale = |tb: usize, s: usize| {
         let bytes =
@@ -196,11 +231,11 @@ pub unsafe fn pass_k_vnni<const C: usize>(
     let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
-        prefetch_side(tiles, tb);
+        prefetch_side(tiles, format, tb);
         let mut sums = [_mm512_setzero_si512(); C];
         let mut mins = [_mm512_setzero_si512(); C];
         for unit in 0..format.units() {
-            let w = unit_vnni(tiles, tb, unit);
+            let w = unit_vnni(tiles, format, tb, unit);
             // Low nibbles hold values 0..16 of the unit, high ones 16..32: Q6_K's two
             // sub-blocks.
             let (low_scale, high_scale) = if format == Format::Q6K {
@@ -322,7 +357,7 @@ unsafe fn unit_avx2(tiles: &Tiles, tb: usize, unit: usize, half: usize) -> [__m2
         w[h + 4] = _mm256_and_si256(_mm256_srli_epi16(chunk, 4), mask);
     }
     for plane in 0..format.high_planes() {
-        for (w, &mask) in w.iter_mut().zip(high_masks(tiles, tb, unit, plane)) {
+        for (w, &mask) in w.iter_mut().zip(high_masks(tiles, format, tb, unit, plane)) {
             *w = _mm256_or_si256(*w, spread_bits((mask >> (32 * half)) as u32, 16 << plane));
         }
     }
@@ -363,7 +398,7 @@ pub unsafe fn pass_avx2<const C: usize>(
     let mut acc = [[_mm256_setzero_ps(); 2]; C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
-        prefetch_side(tiles, tb);
+        prefetch_side(tiles, format, tb);
         for half in 0..2 {
             let w = unit_avx2(tiles, tb, 0, half);
             let at = tb * TILE + half * 8;
@@ -430,7 +465,7 @@ pub unsafe fn pass_k_avx2<const C: usize>(
     let mut acc = [[_mm256_setzero_ps(); 2]; C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
-        prefetch_side(tiles, tb);
+        prefetch_side(tiles, format, tb);
         for half in 0..2 {
             let mut sums = [_mm256_setzero_si256(); C];
             let mut mins = [_mm256_setzero_si256(); C];
