@@ -326,7 +326,9 @@ pub fn quantize_row(x: &[f32], out: &mut [Activations]) {
 #[derive(Debug, Clone, Copy)]
 pub struct ActivationsK {
     d: f32,
-    sums: [i32; 16],
+    /// Σq of each 16, and of each 32: at most 4096 in magnitude.
+    sums: [i16; 16],
+    unit_sums: [i16; 8],
     q: [i8; SUPER_BLOCK],
 }
 
@@ -334,6 +336,7 @@ impl ActivationsK {
     const ZERO: ActivationsK = ActivationsK {
         d: 0.0,
         sums: [0; 16],
+        unit_sums: [0; 8],
         q: [0; SUPER_BLOCK],
     };
 }
@@ -356,7 +359,10 @@ pub fn quantize_row_k(x: &[f32], out: &mut [ActivationsK]) {
                 *q = round_to_i8(inverse * v);
             }
             for (sum, q) in a.sums.iter_mut().zip(a.q.chunks_exact(16)) {
-                *sum = q.iter().map(|&q| i32::from(q)).sum();
+                *sum = q.iter().map(|&q| i16::from(q)).sum();
+            }
+            for (unit_sum, pair) in a.unit_sums.iter_mut().zip(a.sums.chunks_exact(2)) {
+                *unit_sum = pair[0] + pair[1];
             }
             a.d = 1.0 / inverse;
         }
@@ -1060,7 +1066,7 @@ fn portable_pass_k<const C: usize>(
                 let mut mins = 0;
                 if tiles.format.has_min() {
                     for unit in 0..tiles.format.units() {
-                        let q_sum = a.sums[2 * unit] + a.sums[2 * unit + 1];
+                        let q_sum = i32::from(a.unit_sums[unit]);
                         mins += tiles.sub_min(tb, unit, r) * q_sum;
                     }
                 }

@@ -210,7 +210,10 @@ pub unsafe fn pass_k_vnni<const C: usize>(
     }
 }
 
-/// [`pass_k_vnni`] compiled for one format, `Format::ALL[F]`, as [`pass_vnni_as`].
+/// [`pass_k_vnni`] compiled for one format, `Format::ALL[F]`, as [`pass_vnni_as`]. What the
+/// stored values carry besides value × sub-scale (Q4_K's and Q5_K's minimums, Q6_K's +32) is
+/// taken out once per super-block with `dpwssd` on pairs of 16-bit sums, which keeps the loop
+/// over units down to the `dpbusd`s and one scale multiply per unit.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
     tiles: &Tiles,
@@ -218,68 +221,75 @@ unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
     columns: [&[ActivationsK]; C],
 ) -> [[f32; TILE]; C] {
     let format = Format::ALL[F];
+    let q6k = format == Format::Q6K;
     let subs = format.sub_blocks();
-    let sub_scale = |tb: usize, s: usize| {
-        let bytes =
-            _mm_loadu_si128(tiles.sub_scales.as_ptr().add((tb * subs + s) * TILE) as *const _);
-        if format == Format::Q6K {
-            _mm512_cvtepi8_epi32(bytes)
-        } else {
-            _mm512_cvtepu8_epi32(bytes)
-        }
-    };
     let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
         prefetch_side(tiles, format, tb);
+        let sub_scales = tiles.sub_scales.as_ptr().add(tb * subs * TILE);
+        let sub_scale = |s: usize| {
+            let bytes = _mm_loadu_si128(sub_scales.add(s * TILE) as *const _);
+            if q6k {
+                _mm512_cvtepi8_epi32(bytes)
+            } else {
+                _mm512_cvtepu8_epi32(bytes)
+            }
+        };
         let mut sums = [_mm512_setzero_si512(); C];
-        let mut mins = [_mm512_setzero_si512(); C];
         for unit in 0..format.units() {
             let w = unit_vnni(tiles, format, tb, unit);
             // Low nibbles hold values 0..16 of the unit, high ones 16..32: Q6_K's two
             // sub-blocks.
-            let (low_scale, high_scale) = if format == Format::Q6K {
-                (sub_scale(tb, 2 * unit), sub_scale(tb, 2 * unit + 1))
+            let (low_scale, high_scale) = if q6k {
+                (sub_scale(2 * unit), sub_scale(2 * unit + 1))
             } else {
-                let scale = sub_scale(tb, unit);
+                let scale = sub_scale(unit);
                 (scale, scale)
             };
-            let unit_min = if format.has_min() {
-                _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                    tiles
-                        .sub_mins
-                        .as_ptr()
-                        .add((tb * format.units() + unit) * TILE) as *const _,
-                ))
-            } else {
-                _mm512_setzero_si512()
-            };
             for c in 0..C {
-                let a = columns[c].get_unchecked(b);
-                let q = &a.q[unit * BLOCK..][..BLOCK];
+                let q = &columns[c].get_unchecked(b).q[unit * BLOCK..][..BLOCK];
                 let mut low = _mm512_setzero_si512();
                 let mut high = _mm512_setzero_si512();
                 for g in 0..GROUPS / 2 {
                     low = _mm512_dpbusd_epi32(low, w[g], _mm512_set1_epi32(group(q, g)));
                     high = _mm512_dpbusd_epi32(high, w[g + 4], _mm512_set1_epi32(group(q, g + 4)));
                 }
-                let (low_sum, high_sum) = (a.sums[2 * unit], a.sums[2 * unit + 1]);
-                let scaled = if format == Format::Q6K {
-                    // Values are stored +32: take 32 × Σq out of each 16.
-                    low = _mm512_sub_epi32(low, _mm512_set1_epi32(32 * low_sum));
-                    high = _mm512_sub_epi32(high, _mm512_set1_epi32(32 * high_sum));
+                let scaled = if q6k {
                     _mm512_add_epi32(
                         _mm512_mullo_epi32(low, low_scale),
                         _mm512_mullo_epi32(high, high_scale),
                     )
                 } else {
-                    let q_sum = _mm512_set1_epi32(low_sum + high_sum);
-                    mins[c] = _mm512_add_epi32(mins[c], _mm512_mullo_epi32(unit_min, q_sum));
                     // One scale for the whole unit: one multiply.
                     _mm512_mullo_epi32(_mm512_add_epi32(low, high), low_scale)
                 };
                 sums[c] = _mm512_add_epi32(sums[c], scaled);
             }
+        }
+        // Per row, pairs of 16-bit factors for the offset: Q6_K's sub-scales (times the
+        // activations' sums of 16), or the minimums (times their sums of 32).
+        let (factors, pairs) = if q6k {
+            (sub_scales, subs / 2)
+        } else {
+            (
+                tiles.sub_mins.as_ptr().add(tb * format.units() * TILE),
+                format.units() / 2,
+            )
+        };
+        let mut pair_factors = [_mm512_setzero_si512(); 8];
+        for (p, pair) in pair_factors.iter_mut().enumerate().take(pairs) {
+            let first = _mm_loadu_si128(factors.add(2 * p * TILE) as *const _);
+            let second = _mm_loadu_si128(factors.add((2 * p + 1) * TILE) as *const _);
+            let interleaved = _mm256_set_m128i(
+                _mm_unpackhi_epi8(first, second),
+                _mm_unpacklo_epi8(first, second),
+            );
+            *pair = if q6k {
+                _mm512_cvtepi8_epi16(interleaved)
+            } else {
+                _mm512_cvtepu8_epi16(interleaved)
+            };
         }
         let scales = _mm512_cvtph_ps(_mm256_loadu_si256(
             tiles.scales.as_ptr().add(tb * TILE) as *const __m256i
@@ -292,7 +302,22 @@ unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
             _mm512_setzero_ps()
         };
         for c in 0..C {
-            let d = _mm512_set1_ps(columns[c].get_unchecked(b).d);
+            let a = columns[c].get_unchecked(b);
+            let activation_sums = if q6k {
+                a.sums.as_ptr()
+            } else {
+                a.unit_sums.as_ptr()
+            } as *const i32;
+            let mut offset = _mm512_setzero_si512();
+            for (p, &pair) in pair_factors.iter().enumerate().take(pairs) {
+                let sums_pair = _mm512_set1_epi32(activation_sums.add(p).read_unaligned());
+                offset = _mm512_dpwssd_epi32(offset, pair, sums_pair);
+            }
+            let d = _mm512_set1_ps(a.d);
+            if q6k {
+                // Values are stored +32.
+                sums[c] = _mm512_sub_epi32(sums[c], _mm512_slli_epi32(offset, 5));
+            }
             acc[c] = _mm512_fmadd_ps(
                 _mm512_mul_ps(scales, d),
                 _mm512_cvtepi32_ps(sums[c]),
@@ -301,7 +326,7 @@ unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
             if format.has_min() {
                 acc[c] = _mm512_fnmadd_ps(
                     _mm512_mul_ps(min_scales, d),
-                    _mm512_cvtepi32_ps(mins[c]),
+                    _mm512_cvtepi32_ps(offset),
                     acc[c],
                 );
             }
@@ -491,7 +516,8 @@ pub unsafe fn pass_k_avx2<const C: usize>(
                     let q = &a.q[unit * BLOCK..][..BLOCK];
                     let mut low = unsigned_sums(&w[..4], q, 0);
                     let mut high = unsigned_sums(&w[4..], q, 4);
-                    let (low_sum, high_sum) = (a.sums[2 * unit], a.sums[2 * unit + 1]);
+                    let (low_sum, high_sum) =
+                        (i32::from(a.sums[2 * unit]), i32::from(a.sums[2 * unit + 1]));
                     let scaled = if format == Format::Q6K {
                         low = _mm256_sub_epi32(low, _mm256_set1_epi32(32 * low_sum));
                         high = _mm256_sub_epi32(high, _mm256_set1_epi32(32 * high_sum));
