@@ -404,6 +404,47 @@ fn the_lean_llama_agrees_with_candles_reference() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same llama with every matrix in f16, as a file: fitbench multiplies f16 weights where
+/// they lie in the mapping (the tied embedding and output included), candle dequantizes them.
+#[test]
+fn the_lean_llama_on_f16_weights_agrees_with_candles_reference() -> anyhow::Result<()> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_transformers::models::quantized_llama;
+    let (content, mut file) = gguf(&test_model(SMOLLM2))?;
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let tensor = content.tensor(&mut file, name, &Device::Cpu)?;
+        let tensor = match tensor.shape().dims().len() {
+            2 => QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::F16)?,
+            _ => tensor,
+        };
+        tensors.push((name.clone(), tensor));
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("smollm2-f16.gguf");
+    let metadata: Vec<_> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let named: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(&mut std::fs::File::create(&path)?, &metadata, &named)?;
+
+    let (content, file) = gguf(&path)?;
+    let f16_matrices = content
+        .tensor_infos
+        .values()
+        .filter(|info| info.ggml_dtype == GgmlDType::F16)
+        .count();
+    assert!(f16_matrices >= 7 * 30, "{f16_matrices} f16 matrices");
+    let tensors = fitbench::bench::layers::Tensors::map(&file, content)?;
+    let mut ours = fitbench::bench::llama::Llama::from_gguf(&tensors, 64)?;
+    let (content, mut file) = gguf(&path)?;
+    let mut reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
+    assert_agree(teacher_forced(
+        |x, pos| ours.forward(x, pos),
+        |x, pos| reference.forward(x, pos),
+        &[504, 3575, 282, 4649, 314],
+    )?);
+    Ok(())
+}
+
 #[test]
 fn gemma3_peak_memory_stays_near_its_file_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 //! where candle's are scalar, an embedding that stays quantized, and RoPE tables sized to
 //! the run instead of the model's maximum context.
 
-use super::kernels::{Format, HalfTiles, Kernel, Repacked, Tiles};
+use super::kernels::{Format, HalfRows, Kernel, Repacked, SharedBytes, Tiles};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 /// A GGUF's tensors, read from the file memory-mapped: weights fitbench repacks are read
 /// straight from the page cache (no copy of each tensor first), and each tensor's pages
-/// leave this process once it is loaded, so the mapping never adds to the peak.
+/// leave this process once it is loaded, so the mapping never adds to the peak. f16 weights
+/// are used in the mapping itself.
 pub struct Tensors {
     pub content: gguf_file::Content,
-    map: memmap2::Mmap,
+    map: Arc<memmap2::Mmap>,
 }
 
 impl Tensors {
@@ -26,7 +27,10 @@ impl Tensors {
         // than sequential readahead here (benches/load.rs). Only files that fit in memory get
         // this far (the bench checks first). Advice only: a refusal changes nothing.
         let _ = map.advise(memmap2::Advice::WillNeed);
-        Ok(Tensors { content, map })
+        Ok(Tensors {
+            content,
+            map: Arc::new(map),
+        })
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -67,9 +71,13 @@ impl Tensors {
         }
     }
 
+    fn offset(&self, bytes: &[u8]) -> usize {
+        bytes.as_ptr() as usize - self.map.as_ptr() as usize
+    }
+
     /// Drops a loaded tensor's pages from this process (the page cache keeps them).
     fn release(&self, bytes: &[u8]) {
-        let offset = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
+        let offset = self.offset(bytes);
         // SAFETY: the mapping is read-only and file-backed: dropped pages read back the
         // same bytes if touched again. Advice only, so a refusal changes nothing.
         let _ = unsafe {
@@ -103,10 +111,15 @@ impl Tensors {
                     self.release(done)
                 })?)
             }
-            None if info.ggml_dtype == GgmlDType::F16 && HalfTiles::fit(rows, k) => {
-                let tiles = HalfTiles::new(bytes, rows, k)?;
-                self.release(bytes);
-                Arc::new(tiles)
+            None if info.ggml_dtype == GgmlDType::F16 && HalfRows::fit(rows, k) => {
+                let offset = self.offset(bytes);
+                // Mapped in now, as llama.cpp's MAP_POPULATE does, not a page fault at a
+                // time during the first run. Advice only: a refusal changes nothing.
+                let _ = self
+                    .map
+                    .advise_range(memmap2::Advice::PopulateRead, offset, bytes.len());
+                let map: SharedBytes = self.map.clone();
+                Arc::new(HalfRows::new(map, offset, rows, k)?)
             }
             _ => return Ok(None),
         };
@@ -123,25 +136,35 @@ impl Tensors {
     /// The token embedding `name`, and the output projection: `output` where the file has
     /// one, else the embedding itself (Llama 3.2, SmolLM2, Gemma), one copy serving both.
     pub fn embedding_and_output(&self, name: &str, output: &str) -> Result<(Embedding, Linear)> {
-        if self.has(output) {
-            return Ok((
-                Embedding::new(Arc::new(self.qtensor(name)?))?,
-                self.linear(output)?,
-            ));
-        }
-        if let Some(tiles) = self.tiles(name)? {
+        let tied = !self.has(output);
+        let in_place =
+            self.content.tensor_infos.get(name).map(|i| i.ggml_dtype) == Some(GgmlDType::F16);
+        // Repacked once where it is the output too; used where it lies when f16.
+        let shared = if tied || in_place {
+            self.tiles(name)?
+        } else {
+            None
+        };
+        if let Some(tiles) = shared {
             let embedding = Embedding {
                 vocab: tiles.rows(),
                 width: tiles.k(),
                 rows: Rows::Tiled(tiles.clone()),
             };
-            return Ok((embedding, Linear::Own(tiles)));
+            let output = if tied {
+                Linear::Own(tiles)
+            } else {
+                self.linear(output)?
+            };
+            return Ok((embedding, output));
         }
         let table = Arc::new(self.qtensor(name)?);
-        Ok((
-            Embedding::new(table.clone())?,
-            Linear::Candle(QMatMul::from_arc(table)?),
-        ))
+        let output = if tied {
+            Linear::Candle(QMatMul::from_arc(table.clone())?)
+        } else {
+            self.linear(output)?
+        };
+        Ok((Embedding::new(table)?, output))
     }
 }
 

@@ -1,90 +1,94 @@
-//! f16 weight matrices. candle dequantizes them to f32 for its matmul, doubling their
-//! memory. Here they stay f16, repacked into tiles of 16 rows stored position by position
-//! ([tile][k][row in tile]): one 32-byte load is one input position for 16 rows, converted
-//! once (F16C) and multiplied with every activation row of the pass.
+//! f16 weight matrices, used where they lie: rows of the memory-mapped file, neither copied
+//! nor repacked, as llama.cpp uses them (candle dequantizes them to f32, doubling their
+//! memory; repacking them cost a load 20 times llama.cpp's). Each kernel step converts 16
+//! positions of 4 rows once (F16C) and multiplies them with up to 4 activation rows.
 
-use super::{check_input, run_tiles, Kernel, Repacked, TilePass, TILE};
+use super::{check_input, in_chunks, Kernel, Repacked};
 use candle_core::Result;
 use half::f16;
+use std::sync::Arc;
 
-pub struct HalfTiles {
+/// Bytes shared with whoever else reads them: the file's mapping, or a buffer.
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// Rows computed together.
+const ROWS: usize = 4;
+/// Rows whose weights stay in cache while every activation row passes over them: 32 rows
+/// of 5632 f16 values are 352 KiB.
+const ROW_BLOCK: usize = 32;
+
+pub struct HalfRows {
+    bytes: SharedBytes,
+    start: usize,
     rows: usize,
     k: usize,
-    /// f16 bits, [tile][position][row in tile].
-    values: Vec<u16>,
 }
 
-impl HalfTiles {
+impl HalfRows {
     pub fn fit(rows: usize, k: usize) -> bool {
-        rows.is_multiple_of(TILE) && rows > 0 && k > 0
+        rows.is_multiple_of(ROWS) && rows > 0 && k > 0
     }
 
-    /// Repacks `bytes`, the file's rows × k f16 matrix (little-endian).
-    pub fn new(bytes: &[u8], rows: usize, k: usize) -> Result<HalfTiles> {
-        if !HalfTiles::fit(rows, k) || bytes.len() != rows * k * 2 {
+    /// The rows × k f16 matrix (little-endian) at `start` of `bytes`.
+    pub fn new(bytes: SharedBytes, start: usize, rows: usize, k: usize) -> Result<HalfRows> {
+        let available = (*bytes).as_ref().len().saturating_sub(start);
+        let needed = rows.checked_mul(k).and_then(|n| n.checked_mul(2));
+        if !HalfRows::fit(rows, k) || needed.is_none_or(|n| n > available) {
             candle_core::bail!(
-                "{} bytes are not a {rows}×{k} f16 matrix of whole {TILE}-row tiles",
-                bytes.len()
+                "{available} bytes cannot hold a {rows}×{k} f16 matrix of whole {ROWS}-row groups"
             );
         }
-        let mut values = vec![0u16; rows * k];
-        let tile_values = TILE * k;
-        let threads = candle_core::utils::get_num_threads().clamp(1, rows / TILE);
-        let per_thread = (rows / TILE).div_ceil(threads) * tile_values;
-        std::thread::scope(|scope| {
-            for (out, bytes) in values
-                .chunks_mut(per_thread)
-                .zip(bytes.chunks(per_thread * 2))
-            {
-                scope.spawn(move || {
-                    for (tile, rows) in out
-                        .chunks_exact_mut(tile_values)
-                        .zip(bytes.chunks_exact(tile_values * 2))
-                    {
-                        for (r, row) in rows.chunks_exact(k * 2).enumerate() {
-                            for (i, pair) in row.chunks_exact(2).enumerate() {
-                                tile[i * TILE + r] = u16::from_le_bytes([pair[0], pair[1]]);
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Ok(HalfTiles { rows, k, values })
+        Ok(HalfRows {
+            bytes,
+            start,
+            rows,
+            k,
+        })
     }
-}
 
-impl TilePass for HalfTiles {
-    type Row = [f32];
+    fn row(&self, row: usize) -> &[u8] {
+        &(*self.bytes).as_ref()[self.start + row * self.k * 2..][..self.k * 2]
+    }
 
-    fn pass<const C: usize>(&self, kernel: Kernel, t: usize, x: [&[f32]; C]) -> [[f32; TILE]; C] {
-        let tile = &self.values[t * TILE * self.k..][..TILE * self.k];
+    /// Rows `first..first + 4` against C activation rows: out[c][r].
+    fn rows_pass<const C: usize>(
+        &self,
+        kernel: Kernel,
+        first: usize,
+        x: [&[f32]; C],
+    ) -> [[f32; ROWS]; C] {
+        let w: [&[u8]; ROWS] = std::array::from_fn(|r| self.row(first + r));
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `run_tiles` runs only kernels this CPU has; every row of x has k
-            // values and the tile k × 16 (both checked there and in `new`).
-            Kernel::Avx512Vnni => unsafe { x86::pass_avx512(tile, x) },
+            // SAFETY: `matmul_with` runs only kernels this CPU has; every row of w has 2k
+            // bytes and every row of x k values (checked in `new` and `matmul_with`).
+            Kernel::Avx512Vnni => unsafe { x86::rows_avx512(w, x, self.k) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Kernel::Avx2 => unsafe { x86::pass_avx2(tile, x) },
-            _ => {
-                let mut acc = [[0f32; TILE]; C];
-                for (i, values) in tile.chunks_exact(TILE).enumerate() {
-                    let w: [f32; TILE] =
-                        std::array::from_fn(|r| f16::from_bits(values[r]).to_f32());
-                    for (acc, x) in acc.iter_mut().zip(&x) {
-                        for (a, w) in acc.iter_mut().zip(w) {
-                            *a += w * x[i];
-                        }
-                    }
-                }
-                acc
-            }
+            Kernel::Avx2 => unsafe { x86::rows_avx2(w, x, self.k) },
+            _ => portable_rows(w, x),
         }
     }
 }
 
-impl Repacked for HalfTiles {
+/// Eight running sums per pair of rows, which vectorize.
+fn portable_rows<const C: usize>(w: [&[u8]; ROWS], x: [&[f32]; C]) -> [[f32; ROWS]; C] {
+    let mut out = [[0f32; ROWS]; C];
+    for (r, w) in w.iter().enumerate() {
+        for (c, x) in x.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            for (w, x) in w.chunks(16).zip(x.chunks(8)) {
+                for ((lane, pair), x) in lanes.iter_mut().zip(w.chunks_exact(2)).zip(x) {
+                    *lane += f16::from_le_bytes([pair[0], pair[1]]).to_f32() * x;
+                }
+            }
+            out[c][r] = lanes.iter().sum();
+        }
+    }
+    out
+}
+
+impl Repacked for HalfRows {
     fn rows(&self) -> usize {
         self.rows
     }
@@ -95,77 +99,175 @@ impl Repacked for HalfTiles {
 
     fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
         self.check_row(row, out)?;
-        let (t, r) = (row / TILE, row % TILE);
-        let tile = &self.values[t * TILE * self.k..][..TILE * self.k];
-        for (o, values) in out.iter_mut().zip(tile.chunks_exact(TILE)) {
-            *o = f16::from_bits(values[r]).to_f32();
+        for (o, pair) in out.iter_mut().zip(self.row(row).chunks_exact(2)) {
+            *o = f16::from_le_bytes([pair[0], pair[1]]).to_f32();
         }
         Ok(())
     }
 
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         check_input(x, m, self.k)?;
-        let rows: Vec<&[f32]> = x.chunks_exact(self.k).collect();
-        Ok(run_tiles(self, kernel, self.rows, &rows))
+        let kernel = if kernel.supported() {
+            kernel
+        } else {
+            Kernel::Portable
+        };
+        let columns: Vec<&[f32]> = x.chunks_exact(self.k).collect();
+        let n = self.rows;
+        let mut result = vec![0f32; m * n];
+        let out = result.as_mut_ptr() as usize;
+        let block = if m == 1 { ROWS } else { ROW_BLOCK };
+        // As the quantized tiles: one contiguous share per thread when streaming weights.
+        let shares = if m == 1 { 1 } else { 8 };
+        in_chunks(n.div_ceil(block), shares, |blocks| {
+            let rows = blocks.start * block..(blocks.end * block).min(n);
+            let write = |first_column: usize, first_row: usize, values: &[[f32; ROWS]]| {
+                for (c, values) in values.iter().enumerate() {
+                    // SAFETY: this chunk writes only its own rows of each result row; chunks
+                    // are disjoint, and `result` outlives the pool call, which returns when
+                    // every chunk is done.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            values.as_ptr(),
+                            (out as *mut f32).add((first_column + c) * n + first_row),
+                            ROWS,
+                        )
+                    }
+                }
+            };
+            let mut done = 0;
+            while done < m {
+                let at = |c: usize| columns[done + c];
+                let step = if m - done >= 4 && kernel != Kernel::Avx2 {
+                    4
+                } else if m - done >= 2 {
+                    2
+                } else {
+                    1
+                };
+                for first in rows.clone().step_by(ROWS) {
+                    match step {
+                        4 => write(
+                            done,
+                            first,
+                            &self.rows_pass::<4>(kernel, first, std::array::from_fn(at)),
+                        ),
+                        2 => write(
+                            done,
+                            first,
+                            &self.rows_pass::<2>(kernel, first, std::array::from_fn(at)),
+                        ),
+                        _ => write(
+                            done,
+                            first,
+                            &self.rows_pass::<1>(kernel, first, std::array::from_fn(at)),
+                        ),
+                    }
+                }
+                done += step;
+            }
+        });
+        Ok(result)
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::TILE;
+    use super::ROWS;
     use std::arch::x86_64::*;
 
-    /// Each position's 16 weights converted once, then one multiply-add per activation row;
-    /// a single row spreads over 4 accumulators so the adds do not wait on each other.
+    /// How far ahead of the row being read generation fetches weights into cache.
+    const PREFETCH: usize = 4096;
+
+    #[inline(always)]
+    unsafe fn scalar(w: &[u8], i: usize) -> f32 {
+        half::f16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32()
+    }
+
     #[target_feature(enable = "avx512f,f16c,fma")]
-    pub unsafe fn pass_avx512<const C: usize>(tile: &[u16], x: [&[f32]; C]) -> [[f32; TILE]; C] {
-        let mut out = [[0f32; TILE]; C];
-        let positions = tile.len() / TILE;
+    pub unsafe fn rows_avx512<const C: usize>(
+        w: [&[u8]; ROWS],
+        x: [&[f32]; C],
+        k: usize,
+    ) -> [[f32; ROWS]; C] {
+        let mut out = [[0f32; ROWS]; C];
+        let whole = k / 16 * 16;
         if C == 1 {
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for i in 0..positions {
-                let w = _mm512_cvtph_ps(_mm256_loadu_si256(
-                    tile.as_ptr().add(i * TILE) as *const __m256i
-                ));
-                acc[i % 4] = _mm512_fmadd_ps(w, _mm512_set1_ps(*x[0].get_unchecked(i)), acc[i % 4]);
+            // Generation streams the weights: one row after the other is one sequential
+            // stream (4 rows side by side were 4, each a new page every row), fetched ahead
+            // across page boundaries, which the hardware prefetcher does not cross.
+            for r in 0..ROWS {
+                let row = w[r].as_ptr();
+                let mut acc = [_mm512_setzero_ps(); 4];
+                for i in (0..whole).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(2 * i + PREFETCH) as *const i8);
+                    let weights =
+                        _mm512_cvtph_ps(_mm256_loadu_si256(row.add(2 * i) as *const __m256i));
+                    let a = &mut acc[i / 16 % 4];
+                    *a = _mm512_fmadd_ps(weights, _mm512_loadu_ps(x[0].as_ptr().add(i)), *a);
+                }
+                let sum =
+                    _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+                out[0][r] = _mm512_reduce_add_ps(sum)
+                    + (whole..k).map(|i| scalar(w[r], i) * x[0][i]).sum::<f32>();
             }
-            let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-            _mm512_storeu_ps(out[0].as_mut_ptr(), sum);
             return out;
         }
-        let mut acc = [_mm512_setzero_ps(); C];
-        for i in 0..positions {
-            let w = _mm512_cvtph_ps(_mm256_loadu_si256(
-                tile.as_ptr().add(i * TILE) as *const __m256i
-            ));
+        let mut acc = [[_mm512_setzero_ps(); ROWS]; C];
+        for i in (0..whole).step_by(16) {
+            // A loop, not `array::from_fn`: a closure would not inherit the target features.
+            let mut weights = [_mm512_setzero_ps(); ROWS];
+            for r in 0..ROWS {
+                weights[r] = _mm512_cvtph_ps(_mm256_loadu_si256(
+                    w[r].as_ptr().add(2 * i) as *const __m256i
+                ));
+            }
             for c in 0..C {
-                acc[c] = _mm512_fmadd_ps(w, _mm512_set1_ps(*x[c].get_unchecked(i)), acc[c]);
+                let v = _mm512_loadu_ps(x[c].as_ptr().add(i));
+                for r in 0..ROWS {
+                    acc[c][r] = _mm512_fmadd_ps(weights[r], v, acc[c][r]);
+                }
             }
         }
-        for (o, acc) in out.iter_mut().zip(acc) {
-            _mm512_storeu_ps(o.as_mut_ptr(), acc);
+        for c in 0..C {
+            for r in 0..ROWS {
+                out[c][r] = _mm512_reduce_add_ps(acc[c][r])
+                    + (whole..k).map(|i| scalar(w[r], i) * x[c][i]).sum::<f32>();
+            }
         }
         out
     }
 
-    /// [`pass_avx512`] as two halves of 8 rows.
+    /// [`rows_avx512`] at 8 lanes, for up to 2 activation rows (16 registers).
     #[target_feature(enable = "avx2,f16c,fma")]
-    pub unsafe fn pass_avx2<const C: usize>(tile: &[u16], x: [&[f32]; C]) -> [[f32; TILE]; C] {
-        let mut acc = [[_mm256_setzero_ps(); 2]; C];
-        for i in 0..tile.len() / TILE {
-            let at = tile.as_ptr().add(i * TILE);
-            let low = _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i));
-            let high = _mm256_cvtph_ps(_mm_loadu_si128(at.add(8) as *const __m128i));
+    pub unsafe fn rows_avx2<const C: usize>(
+        w: [&[u8]; ROWS],
+        x: [&[f32]; C],
+        k: usize,
+    ) -> [[f32; ROWS]; C] {
+        let mut acc = [[_mm256_setzero_ps(); ROWS]; C];
+        let whole = k / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            let mut weights = [_mm256_setzero_ps(); ROWS];
+            for r in 0..ROWS {
+                weights[r] =
+                    _mm256_cvtph_ps(_mm_loadu_si128(w[r].as_ptr().add(2 * i) as *const __m128i));
+            }
             for c in 0..C {
-                let v = _mm256_set1_ps(*x[c].get_unchecked(i));
-                acc[c][0] = _mm256_fmadd_ps(low, v, acc[c][0]);
-                acc[c][1] = _mm256_fmadd_ps(high, v, acc[c][1]);
+                let v = _mm256_loadu_ps(x[c].as_ptr().add(i));
+                for r in 0..ROWS {
+                    acc[c][r] = _mm256_fmadd_ps(weights[r], v, acc[c][r]);
+                }
             }
         }
-        let mut out = [[0f32; TILE]; C];
-        for (o, acc) in out.iter_mut().zip(acc) {
-            _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
-            _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
+        let mut out = [[0f32; ROWS]; C];
+        for c in 0..C {
+            for r in 0..ROWS {
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[c][r]);
+                out[c][r] = lanes.iter().sum::<f32>()
+                    + (whole..k).map(|i| scalar(w[r], i) * x[c][i]).sum::<f32>();
+            }
         }
         out
     }

@@ -20,7 +20,7 @@ mod float16;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use float16::HalfTiles;
+pub use float16::{HalfRows, SharedBytes};
 
 /// Values per block of the 32-value formats, and per unit of a K-format super-block: the
 /// span one pass of 8 `dpbusd` covers.
@@ -1084,6 +1084,7 @@ mod tests {
     use candle_core::quantized::{QStorage, QTensor};
     use candle_core::{Device, Tensor};
     use std::borrow::Cow;
+    use std::sync::Arc;
 
     #[test]
     fn rounding_matches_f32_round_with_ties_infinities_and_nan() {
@@ -1262,29 +1263,33 @@ mod tests {
     }
 
     #[test]
-    fn f16_tiles_match_an_f32_matmul_of_the_same_weights() -> Result<()> {
-        let (n, k) = (48, 200);
+    fn f16_rows_match_an_f32_matmul_of_the_same_weights() -> Result<()> {
+        // k not a multiple of 16 or 8: the SIMD loops' tails run too.
+        let (n, k) = (12, 203);
         let weights =
             Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.to_dtype(candle_core::DType::F16)?;
-        let bytes: Vec<u8> = weights
-            .flatten_all()?
-            .to_vec1::<f16>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let tiles = HalfTiles::new(&bytes, n, k)?;
+        let mut bytes: Vec<u8> = vec![7; 6];
+        bytes.extend(
+            weights
+                .flatten_all()?
+                .to_vec1::<f16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes()),
+        );
+        let bytes: SharedBytes = Arc::new(bytes);
+        let rows = HalfRows::new(bytes.clone(), 6, n, k)?;
         let weights = weights.to_dtype(candle_core::DType::F32)?;
         let mut row = vec![0f32; k];
-        for r in [0, 17, 47] {
-            tiles.dequantize_row(r, &mut row)?;
+        for r in [0, 5, 11] {
+            rows.dequantize_row(r, &mut row)?;
             assert_eq!(row, weights.get(r)?.to_vec1::<f32>()?, "row {r}");
         }
-        for m in [1, 5, 9] {
+        for m in [1, 2, 3, 5, 9] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
             let expected: Vec<f32> = x.matmul(&weights.t()?)?.flatten_all()?.to_vec1()?;
             let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
             for kernel in Kernel::available() {
-                let got = tiles.matmul_with(kernel, &x, m)?;
+                let got = rows.matmul_with(kernel, &x, m)?;
                 let worst = worst_difference(&got, &expected);
                 assert!(
                     worst <= 1e-4 * largest(&expected),
@@ -1292,8 +1297,9 @@ mod tests {
                 );
             }
         }
-        assert!(HalfTiles::new(&bytes[2..], n, k).is_err());
-        assert!(HalfTiles::new(&bytes, 8, 2 * k).is_err());
+        assert!(HalfRows::new(bytes.clone(), 8, n, k).is_err());
+        assert!(HalfRows::new(bytes.clone(), 6, 10, k).is_err());
+        assert!(HalfRows::new(bytes, 6, usize::MAX / 2, k).is_err());
         Ok(())
     }
 
