@@ -2,7 +2,7 @@
 //! where candle's are scalar, an embedding that stays quantized, and RoPE tables sized to
 //! the run instead of the model's maximum context.
 
-use super::kernels::{Format, HalfRows, Kernel, Repacked, SharedBytes, Tiles};
+use super::kernels::{Format, HalfRows, InPlace, Kernel, Repacked, SharedBytes, Tiles};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
@@ -75,6 +75,17 @@ impl Tensors {
         bytes.as_ptr() as usize - self.map.as_ptr() as usize
     }
 
+    /// The mapping that holds `bytes`, and where they start, for a tensor used where it lies:
+    /// its pages mapped in now, as llama.cpp's MAP_POPULATE does, not a fault at a time
+    /// during the first run. Advice only: a refusal changes nothing.
+    fn mapped(&self, bytes: &[u8]) -> (SharedBytes, usize) {
+        let offset = self.offset(bytes);
+        let _ = self
+            .map
+            .advise_range(memmap2::Advice::PopulateRead, offset, bytes.len());
+        (self.map.clone(), offset)
+    }
+
     /// Drops a loaded tensor's pages from this process (the page cache keeps them).
     fn release(&self, bytes: &[u8]) {
         let offset = self.offset(bytes);
@@ -106,19 +117,17 @@ impl Tensors {
         // against.
         let here = |format: Format| !format.is_k() || Kernel::best() != Kernel::Portable;
         let tiles: Arc<dyn Repacked> = match Format::of(info.ggml_dtype) {
+            Some(Format::Q8_0) if Tiles::fit(Format::Q8_0, rows, k) => {
+                let (map, offset) = self.mapped(bytes);
+                Arc::new(InPlace::new(map, offset, rows, k)?)
+            }
             Some(format) if Tiles::fit(format, rows, k) && here(format) => {
                 Arc::new(Tiles::new_releasing(format, bytes, rows, k, &|done| {
                     self.release(done)
                 })?)
             }
             None if info.ggml_dtype == GgmlDType::F16 && HalfRows::fit(rows, k) => {
-                let offset = self.offset(bytes);
-                // Mapped in now, as llama.cpp's MAP_POPULATE does, not a page fault at a
-                // time during the first run. Advice only: a refusal changes nothing.
-                let _ = self
-                    .map
-                    .advise_range(memmap2::Advice::PopulateRead, offset, bytes.len());
-                let map: SharedBytes = self.map.clone();
+                let (map, offset) = self.mapped(bytes);
                 Arc::new(HalfRows::new(map, offset, rows, k)?)
             }
             _ => return Ok(None),
@@ -137,9 +146,12 @@ impl Tensors {
     /// one, else the embedding itself (Llama 3.2, SmolLM2, Gemma), one copy serving both.
     pub fn embedding_and_output(&self, name: &str, output: &str) -> Result<(Embedding, Linear)> {
         let tied = !self.has(output);
-        let in_place =
-            self.content.tensor_infos.get(name).map(|i| i.ggml_dtype) == Some(GgmlDType::F16);
-        // Repacked once where it is the output too; used where it lies when f16.
+        let in_place = self
+            .content
+            .tensor_infos
+            .get(name)
+            .is_some_and(|i| used_in_place(i.ggml_dtype));
+        // Repacked once where it is the output too; used where it lies when it can be.
         let shared = if tied || in_place {
             self.tiles(name)?
         } else {
@@ -166,6 +178,13 @@ impl Tensors {
         };
         Ok((Embedding::new(table)?, output))
     }
+}
+
+/// Types whose matrices the kernels use where they lie in the mapped file: f16, and Q8_0,
+/// whose quants are whole bytes (both as llama.cpp does; repacking them cost 20 times its
+/// load).
+fn used_in_place(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::F16 | GgmlDType::Q8_0)
 }
 
 /// A quantized weight matrix (out × in) applied to the last dimension of its input.

@@ -17,10 +17,12 @@ use candle_core::Result;
 use half::f16;
 
 mod float16;
+mod in_place;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use float16::{HalfRows, SharedBytes};
+pub use in_place::InPlace;
 
 /// Values per block of the 32-value formats, and per unit of a K-format super-block: the
 /// span one pass of 8 `dpbusd` covers.
@@ -725,26 +727,8 @@ impl Tiles {
     }
 
     fn run<A: Columns>(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        let blocks = self.k / A::VALUES;
-        let mut activations = vec![A::ZERO; m * blocks];
-        let base = activations.as_mut_ptr() as usize;
-        let quantize = |range: std::ops::Range<usize>| {
-            for i in range {
-                // SAFETY: row i writes only its own `blocks` blocks; rows are disjoint and
-                // the pool call returns when every row is done.
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut((base as *mut A).add(i * blocks), blocks)
-                };
-                A::quantize(&x[i * self.k..(i + 1) * self.k], out);
-            }
-        };
-        // One row is quicker to quantize than to hand to the pool.
-        if m == 1 {
-            quantize(0..1);
-        } else {
-            candle_core::utils::barrier_pool().execute_chunked(m, quantize);
-        }
-        let rows: Vec<&[A]> = activations.chunks_exact(blocks).collect();
+        let activations = quantize_rows::<A>(x, m, self.k);
+        let rows: Vec<&[A]> = activations.chunks_exact(self.k / A::VALUES).collect();
         Ok(run_tiles(
             &Quantized(self, std::marker::PhantomData),
             kernel,
@@ -752,6 +736,61 @@ impl Tiles {
             &rows,
         ))
     }
+
+    /// A matrix of one tile's arrays, for [`Tiles::repack_tile`] to fill.
+    fn one_tile(format: Format, k: usize) -> Tiles {
+        let blocks = k / format.block_values();
+        let lengths = Lengths::per_tile(format, blocks);
+        Tiles {
+            format,
+            rows: TILE,
+            k,
+            blocks,
+            quants: vec![0; lengths.quants],
+            high: vec![0; lengths.high],
+            scales: vec![0; lengths.scales],
+            mins: vec![0; lengths.mins],
+            sub_scales: vec![0; lengths.sub_scales],
+            sub_mins: vec![0; lengths.sub_mins],
+        }
+    }
+
+    /// Repacks `bytes`, the file's 16 rows, into this one-tile matrix.
+    fn repack_tile(&mut self, bytes: &[u8]) {
+        self.high.fill(0);
+        let part = Arrays {
+            quants: &mut self.quants[..],
+            high: &mut self.high[..],
+            scales: &mut self.scales[..],
+            mins: &mut self.mins[..],
+            sub_scales: &mut self.sub_scales[..],
+            sub_mins: &mut self.sub_mins[..],
+        };
+        part.pack(self.format, self.blocks, bytes, &|_| {});
+    }
+}
+
+/// The m rows of `x` (m × k) quantized for the kernels, m × k / A::VALUES blocks.
+fn quantize_rows<A: Columns>(x: &[f32], m: usize, k: usize) -> Vec<A> {
+    let blocks = k / A::VALUES;
+    let mut activations = vec![A::ZERO; m * blocks];
+    let base = activations.as_mut_ptr() as usize;
+    let quantize = |range: std::ops::Range<usize>| {
+        for i in range {
+            // SAFETY: row i writes only its own `blocks` blocks; rows are disjoint and the
+            // pool call returns when every row is done.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut((base as *mut A).add(i * blocks), blocks) };
+            A::quantize(&x[i * k..(i + 1) * k], out);
+        }
+    };
+    // One row is quicker to quantize than to hand to the pool.
+    if m == 1 {
+        quantize(0..1);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(m, quantize);
+    }
+    activations
 }
 
 /// A weight matrix repacked for fitbench's kernels.
@@ -849,11 +888,16 @@ fn in_chunks(items: usize, shares: usize, work: impl Fn(std::ops::Range<usize>) 
 /// One pass of a tile of weights over C activation rows: the 16 outputs for each.
 trait TilePass: Sync {
     type Row: ?Sized + Sync;
+    /// What a thread fills before its passes over tile t: a tile repacked on the fly.
+    type Scratch: Default;
+
+    fn prepare(&self, _t: usize, _scratch: &mut Self::Scratch) {}
 
     fn pass<const C: usize>(
         &self,
         kernel: Kernel,
         t: usize,
+        scratch: &Self::Scratch,
         rows: [&Self::Row; C],
     ) -> [[f32; TILE]; C];
 }
@@ -863,8 +907,15 @@ struct Quantized<'a, A>(&'a Tiles, std::marker::PhantomData<A>);
 
 impl<A: Columns> TilePass for Quantized<'_, A> {
     type Row = [A];
+    type Scratch = ();
 
-    fn pass<const C: usize>(&self, kernel: Kernel, t: usize, rows: [&[A]; C]) -> [[f32; TILE]; C] {
+    fn pass<const C: usize>(
+        &self,
+        kernel: Kernel,
+        t: usize,
+        _: &(),
+        rows: [&[A]; C],
+    ) -> [[f32; TILE]; C] {
         A::pass(self.0, kernel, t, rows)
     }
 }
@@ -890,7 +941,9 @@ fn run_tiles<P: TilePass>(weights: &P, kernel: Kernel, n: usize, rows: &[&P::Row
     // Prompts are bound by arithmetic, not memory: finer chunks balance the threads.
     let shares = if m == 1 { 1 } else { 8 };
     in_chunks(n / TILE, shares, |tiles| {
+        let mut scratch = P::Scratch::default();
         for t in tiles {
+            weights.prepare(t, &mut scratch);
             let mut write = |column: usize, values: &[f32; TILE]| {
                 // SAFETY: tile t writes only columns t*16..(t+1)*16 of each result row;
                 // tiles are disjoint, and `result` outlives the pool call, which returns
@@ -909,19 +962,19 @@ fn run_tiles<P: TilePass>(weights: &P, kernel: Kernel, n: usize, rows: &[&P::Row
                 done += if m - done >= 8 && kernel.columns() >= 8 {
                     emit(
                         done,
-                        weights.pass::<8>(kernel, t, std::array::from_fn(at)),
+                        weights.pass::<8>(kernel, t, &scratch, std::array::from_fn(at)),
                         &mut write,
                     )
                 } else if m - done >= 4 {
                     emit(
                         done,
-                        weights.pass::<4>(kernel, t, std::array::from_fn(at)),
+                        weights.pass::<4>(kernel, t, &scratch, std::array::from_fn(at)),
                         &mut write,
                     )
                 } else {
                     emit(
                         done,
-                        weights.pass::<1>(kernel, t, std::array::from_fn(at)),
+                        weights.pass::<1>(kernel, t, &scratch, std::array::from_fn(at)),
                         &mut write,
                     )
                 };
@@ -1211,6 +1264,41 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Q8_0 used where it lies: generation's row kernel and the prompt's tiles repacked on
+    /// the fly agree with candle, and rows dequantize as candle's do.
+    #[test]
+    fn q8_0_in_place_matches_candle() -> Result<()> {
+        // 17 blocks a row: the AVX-512 kernel's pairs leave one over.
+        let (n, k) = (48, 544);
+        let weights = random_weights(Format::Q8_0, n, k, 13);
+        let mut bytes = vec![0u8; 10];
+        bytes.extend(&weights);
+        let bytes: SharedBytes = Arc::new(bytes);
+        let matrix = InPlace::new(bytes.clone(), 10, n, k)?;
+        for m in [1, 5, 13] {
+            let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m * k,), &Device::Cpu)?.to_vec1()?;
+            let candle = candle_matmul(Format::Q8_0, &weights, &x, (m, k, n))?;
+            for kernel in Kernel::available() {
+                let ours = matrix.matmul_with(kernel, &x, m)?;
+                let worst = worst_difference(&candle, &ours);
+                let scale = largest(&candle);
+                assert!(worst <= 1e-5 * scale.max(1.0), "{kernel:?} m={m}: {worst} of {scale}");
+            }
+        }
+        let dequantized: Vec<f32> = quantized(Format::Q8_0, &weights, n, k)?
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut row = vec![0f32; k];
+        for r in [0, 17, 47] {
+            matrix.dequantize_row(r, &mut row)?;
+            assert_eq!(row, dequantized[r * k..(r + 1) * k], "row {r}");
+        }
+        assert!(InPlace::new(bytes.clone(), 11, n, k).is_err());
+        assert!(InPlace::new(bytes, 10, 40, k).is_err());
         Ok(())
     }
 
