@@ -422,7 +422,11 @@ fn the_lean_llama_on_f16_weights_agrees_with_candles_reference() -> anyhow::Resu
     }
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("smollm2-f16.gguf");
-    let metadata: Vec<_> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata: Vec<_> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let named: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     gguf_file::write(&mut std::fs::File::create(&path)?, &metadata, &named)?;
 

@@ -20,13 +20,38 @@ pub struct Tensors {
 
 impl Tensors {
     pub fn map(file: &std::fs::File, content: gguf_file::Content) -> Result<Tensors> {
+        let total: u64 = file.metadata()?.len();
+        let in_place: u64 = content
+            .tensor_infos
+            .values()
+            .filter(|info| used_in_place(info.ggml_dtype))
+            .map(|info| {
+                (info.shape.elem_count() / info.ggml_dtype.block_size()
+                    * info.ggml_dtype.type_size()) as u64
+            })
+            .sum();
+        let mut options = memmap2::MmapOptions::new();
+        // A file mostly used where it lies is mapped in whole now, as llama.cpp maps every
+        // file (sequential readahead, MAP_POPULATE): one pass over the disk, and no fault at
+        // a time in the first run.
+        if in_place > total / 2 {
+            #[cfg(target_os = "linux")]
+            // SAFETY: a plain system call on a descriptor the caller keeps open. Advice only.
+            unsafe {
+                use std::os::fd::AsRawFd;
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+            }
+            options.populate();
+        }
         // SAFETY: the mapping is read-only; like llama.cpp's, it assumes nobody truncates the
         // file while the model loads.
-        let map = unsafe { memmap2::Mmap::map(file)? };
-        // A cold file is read ahead, whole, while the first tensors repack: a third faster
-        // than sequential readahead here (benches/load.rs). Only files that fit in memory get
-        // this far (the bench checks first). Advice only: a refusal changes nothing.
-        let _ = map.advise(memmap2::Advice::WillNeed);
+        let map = unsafe { options.map(file)? };
+        // Any other cold file is read ahead, whole, while the first tensors repack: a third
+        // faster than sequential readahead here (benches/load.rs). Only files that fit in
+        // memory get this far (the bench checks first). Advice only: a refusal changes nothing.
+        if in_place <= total / 2 {
+            let _ = map.advise(memmap2::Advice::WillNeed);
+        }
         Ok(Tensors {
             content,
             map: Arc::new(map),

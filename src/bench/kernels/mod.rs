@@ -1285,7 +1285,10 @@ mod tests {
                 let ours = matrix.matmul_with(kernel, &x, m)?;
                 let worst = worst_difference(&candle, &ours);
                 let scale = largest(&candle);
-                assert!(worst <= 1e-5 * scale.max(1.0), "{kernel:?} m={m}: {worst} of {scale}");
+                assert!(
+                    worst <= 1e-5 * scale.max(1.0),
+                    "{kernel:?} m={m}: {worst} of {scale}"
+                );
             }
         }
         let dequantized: Vec<f32> = quantized(Format::Q8_0, &weights, n, k)?
