@@ -9,7 +9,7 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use fitbench::bench::kernels::{Format, HalfRows, Kernel, Repacked, Tiles};
+use fitbench::bench::kernels::{Format, HalfRows, InPlace, Kernel, Repacked, Tiles};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,16 +25,18 @@ const DTYPES: [GgmlDType; 9] = [
     GgmlDType::F16,
 ];
 
-/// The file bytes of an n × k matrix of `dtype`, as fitbench's kernels hold them.
+/// The file bytes of an n × k matrix of `dtype`, held as the runner holds them: Q8_0 and
+/// f16 where they lie, the other formats repacked into tiles.
 fn ours(
     dtype: GgmlDType,
     bytes: Vec<u8>,
     n: usize,
     k: usize,
 ) -> candle_core::Result<Box<dyn Repacked>> {
-    match Format::of(dtype) {
-        Some(format) => Ok(Box::new(Tiles::new(format, &bytes, n, k)?)),
-        None => Ok(Box::new(HalfRows::new(Arc::new(bytes), 0, n, k)?)),
+    match (dtype, Format::of(dtype)) {
+        (GgmlDType::Q8_0, _) => Ok(Box::new(InPlace::new(Arc::new(bytes), 0, n, k)?)),
+        (_, Some(format)) => Ok(Box::new(Tiles::new(format, &bytes, n, k)?)),
+        _ => Ok(Box::new(HalfRows::new(Arc::new(bytes), 0, n, k)?)),
     }
 }
 

@@ -200,7 +200,10 @@ mod x86 {
                 let row = w[r].as_ptr();
                 let mut acc = [_mm512_setzero_ps(); 4];
                 for i in (0..whole).step_by(16) {
-                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(2 * i + PREFETCH) as *const i8);
+                    // One prefetch per cache line (32 values).
+                    if i % 32 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(2 * i + PREFETCH) as *const i8);
+                    }
                     let weights =
                         _mm512_cvtph_ps(_mm256_loadu_si256(row.add(2 * i) as *const __m256i));
                     let a = &mut acc[i / 16 % 4];
