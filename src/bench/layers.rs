@@ -16,6 +16,8 @@ use std::sync::Arc;
 pub struct Tensors {
     pub content: gguf_file::Content,
     map: Arc<memmap2::Mmap>,
+    /// Whether the whole file was mapped in at once.
+    populated: bool,
 }
 
 impl Tensors {
@@ -34,7 +36,8 @@ impl Tensors {
         // A file mostly used where it lies is mapped in whole now, as llama.cpp maps every
         // file (sequential readahead, MAP_POPULATE): one pass over the disk, and no fault at
         // a time in the first run.
-        if in_place > total / 2 {
+        let populated = in_place > total / 2;
+        if populated {
             #[cfg(target_os = "linux")]
             // SAFETY: a plain system call on a descriptor the caller keeps open. Advice only.
             unsafe {
@@ -49,12 +52,13 @@ impl Tensors {
         // Any other cold file is read ahead, whole, while the first tensors repack: a third
         // faster than sequential readahead here (benches/load.rs). Only files that fit in
         // memory get this far (the bench checks first). Advice only: a refusal changes nothing.
-        if in_place <= total / 2 {
+        if !populated {
             let _ = map.advise(memmap2::Advice::WillNeed);
         }
         Ok(Tensors {
             content,
             map: Arc::new(map),
+            populated,
         })
     }
 
@@ -101,13 +105,16 @@ impl Tensors {
     }
 
     /// The mapping that holds `bytes`, and where they start, for a tensor used where it lies:
-    /// its pages mapped in now, as llama.cpp's MAP_POPULATE does, not a fault at a time
-    /// during the first run. Advice only: a refusal changes nothing.
+    /// its pages mapped in now if the whole file was not, as llama.cpp's MAP_POPULATE does,
+    /// not a fault at a time during the first run. (Asking again of mapped pages walks them
+    /// one by one: 80 ms for a 1.1 GB file.) Advice only: a refusal changes nothing.
     fn mapped(&self, bytes: &[u8]) -> (SharedBytes, usize) {
         let offset = self.offset(bytes);
-        let _ = self
-            .map
-            .advise_range(memmap2::Advice::PopulateRead, offset, bytes.len());
+        if !self.populated {
+            let _ = self
+                .map
+                .advise_range(memmap2::Advice::PopulateRead, offset, bytes.len());
+        }
         (self.map.clone(), offset)
     }
 
