@@ -388,14 +388,18 @@ fn the_lean_gemma3_agrees_with_candles_reference() -> anyhow::Result<()> {
 /// the noise of 8-bit activations.
 #[test]
 fn the_lean_llama_agrees_with_candles_reference() -> anyhow::Result<()> {
+    smollm2_agrees_with_candle(&test_model(SMOLLM2))
+}
+
+/// fitbench's llama and candle's on a SmolLM2 file, teacher-forced on a fixed prompt.
+fn smollm2_agrees_with_candle(path: &Path) -> anyhow::Result<()> {
     use candle_transformers::models::quantized_llama;
-    let path = test_model(SMOLLM2);
-    let (content, file) = gguf(&path)?;
+    let (content, file) = gguf(path)?;
     let tensors = fitbench::bench::layers::Tensors::map(&file, content)?;
     let mut ours = fitbench::bench::llama::Llama::from_gguf(&tensors, 64)?;
-    let (content, mut file) = gguf(&path)?;
+    let (content, mut file) = gguf(path)?;
     let mut reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
-    // A fixed prompt of ordinary tokens from SmolLM2's vocabulary.
+    // Ordinary tokens from SmolLM2's vocabulary.
     assert_agree(teacher_forced(
         |x, pos| ours.forward(x, pos),
         |x, pos| reference.forward(x, pos),
@@ -409,7 +413,6 @@ fn the_lean_llama_agrees_with_candles_reference() -> anyhow::Result<()> {
 #[test]
 fn the_lean_llama_on_f16_weights_agrees_with_candles_reference() -> anyhow::Result<()> {
     use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_transformers::models::quantized_llama;
     let (content, mut file) = gguf(&test_model(SMOLLM2))?;
     let mut tensors = Vec::new();
     for name in content.tensor_infos.keys() {
@@ -430,23 +433,14 @@ fn the_lean_llama_on_f16_weights_agrees_with_candles_reference() -> anyhow::Resu
     let named: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     gguf_file::write(&mut std::fs::File::create(&path)?, &metadata, &named)?;
 
-    let (content, file) = gguf(&path)?;
+    let (content, _) = gguf(&path)?;
     let f16_matrices = content
         .tensor_infos
         .values()
         .filter(|info| info.ggml_dtype == GgmlDType::F16)
         .count();
     assert!(f16_matrices >= 7 * 30, "{f16_matrices} f16 matrices");
-    let tensors = fitbench::bench::layers::Tensors::map(&file, content)?;
-    let mut ours = fitbench::bench::llama::Llama::from_gguf(&tensors, 64)?;
-    let (content, mut file) = gguf(&path)?;
-    let mut reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
-    assert_agree(teacher_forced(
-        |x, pos| ours.forward(x, pos),
-        |x, pos| reference.forward(x, pos),
-        &[504, 3575, 282, 4649, 314],
-    )?);
-    Ok(())
+    smollm2_agrees_with_candle(&path)
 }
 
 #[test]

@@ -107,11 +107,7 @@ impl Repacked for HalfRows {
 
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         check_input(x, m, self.k)?;
-        let kernel = if kernel.supported() {
-            kernel
-        } else {
-            Kernel::Portable
-        };
+        let kernel = kernel.or_portable();
         let columns: Vec<&[f32]> = x.chunks_exact(self.k).collect();
         let n = self.rows;
         let mut result = vec![0f32; m * n];

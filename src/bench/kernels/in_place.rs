@@ -153,11 +153,7 @@ impl Repacked for InPlace {
 
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         check_input(x, m, self.k)?;
-        let kernel = if kernel.supported() {
-            kernel
-        } else {
-            Kernel::Portable
-        };
+        let kernel = kernel.or_portable();
         let activations = quantize_rows::<Activations>(x, m, self.k);
         if m == 1 {
             return Ok(self.generate(kernel, &activations));

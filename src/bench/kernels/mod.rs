@@ -409,6 +409,15 @@ impl Kernel {
         }
     }
 
+    /// This kernel if the CPU has it, else the portable one.
+    fn or_portable(self) -> Kernel {
+        if self.supported() {
+            self
+        } else {
+            Kernel::Portable
+        }
+    }
+
     /// Activation rows one pass over a tile serves: enough to hide the weight decoding,
     /// few enough that the accumulators stay in registers.
     fn columns(self) -> usize {
@@ -930,11 +939,7 @@ fn check_input(x: &[f32], m: usize, k: usize) -> Result<()> {
 /// Every tile of an n-row matrix against `rows`, a pass per `kernel.columns()` rows (a kernel
 /// this CPU lacks runs the portable one): the rows.len() × n result, row-major.
 fn run_tiles<P: TilePass>(weights: &P, kernel: Kernel, n: usize, rows: &[&P::Row]) -> Vec<f32> {
-    let kernel = if kernel.supported() {
-        kernel
-    } else {
-        Kernel::Portable
-    };
+    let kernel = kernel.or_portable();
     let m = rows.len();
     let mut result = vec![0f32; m * n];
     let out = result.as_mut_ptr() as usize;
