@@ -25,8 +25,8 @@ const DTYPES: [GgmlDType; 9] = [
     GgmlDType::F16,
 ];
 
-/// The file bytes of an n × k matrix of `dtype`, held as the runner holds them: Q8_0 and
-/// f16 where they lie, the other formats repacked into tiles.
+/// The file bytes of an n × k matrix of `dtype`, held as the runner holds them: Q4_1, Q5_0,
+/// Q5_1, Q8_0 and f16 where they lie, the other formats repacked into tiles.
 fn ours(
     dtype: GgmlDType,
     bytes: Vec<u8>,
@@ -34,7 +34,9 @@ fn ours(
     k: usize,
 ) -> candle_core::Result<Box<dyn Repacked>> {
     match (dtype, Format::of(dtype)) {
-        (GgmlDType::Q8_0, _) => Ok(Box::new(InPlace::new(Arc::new(bytes), 0, n, k)?)),
+        (_, Some(format)) if InPlace::takes(format) => {
+            Ok(Box::new(InPlace::new(format, Arc::new(bytes), 0, n, k)?))
+        }
         (_, Some(format)) => Ok(Box::new(Tiles::new(format, &bytes, n, k)?)),
         _ => Ok(Box::new(HalfRows::new(Arc::new(bytes), 0, n, k)?)),
     }

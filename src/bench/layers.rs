@@ -149,9 +149,9 @@ impl Tensors {
         // against.
         let here = |format: Format| !format.is_k() || Kernel::best() != Kernel::Portable;
         let tiles: Arc<dyn Repacked> = match Format::of(info.ggml_dtype) {
-            Some(Format::Q8_0) if Tiles::fit(Format::Q8_0, rows, k) => {
+            Some(format) if InPlace::takes(format) && Tiles::fit(format, rows, k) => {
                 let (map, offset) = self.mapped(bytes);
-                Arc::new(InPlace::new(map, offset, rows, k)?)
+                Arc::new(InPlace::new(format, map, offset, rows, k)?)
             }
             Some(format) if Tiles::fit(format, rows, k) && here(format) => {
                 Arc::new(Tiles::new_releasing(format, bytes, rows, k, &|done| {
@@ -212,11 +212,10 @@ impl Tensors {
     }
 }
 
-/// Types whose matrices the kernels use where they lie in the mapped file: f16, and Q8_0,
-/// whose quants are whole bytes (both as llama.cpp does; repacking them cost 20 times its
-/// load).
+/// Types whose matrices the kernels use where they lie in the mapped file, as llama.cpp
+/// does (repacking them cost up to 20 times its load): f16, Q4_1, Q5_0, Q5_1 and Q8_0.
 fn used_in_place(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::F16 | GgmlDType::Q8_0)
+    dtype == GgmlDType::F16 || Format::of(dtype).is_some_and(InPlace::takes)
 }
 
 /// A quantized weight matrix (out × in) applied to the last dimension of its input.

@@ -1,8 +1,9 @@
-//! Q8_0 matrices used where they lie in the mapped file, as llama.cpp uses them: loading them
-//! costs nothing (repacking a 1.1 GB Q8_0 model took 355 ms against llama.cpp's 17).
-//! Generation streams each row's 34-byte blocks straight from the mapping. Prompts repack
-//! each tile of 16 rows, as its thread reaches it, into a scratch tile that stays in cache
-//! while every activation row passes over it (copies of 4 bytes: Q8_0's quants are whole).
+//! Q4_1, Q5_0, Q5_1 and Q8_0 matrices used where they lie in the mapped file, as llama.cpp
+//! uses them (it repacks only Q4_0 and Q4_K here): loading them costs nothing (repacking a
+//! 1.1 GB Q8_0 model took 355 ms against llama.cpp's 17). Generation streams each row's
+//! blocks straight from the mapping. Prompts repack each tile of 16 rows, as its thread
+//! reaches it, into a scratch tile that stays in cache while every activation row passes
+//! over it.
 
 use super::{
     check_input, in_chunks, quantize_rows, run_tiles, Activations, Format, Kernel, Repacked,
@@ -11,9 +12,8 @@ use super::{
 use candle_core::Result;
 use half::f16;
 
-const BLOCK_BYTES: usize = 34;
-
 pub struct InPlace {
+    format: Format,
     bytes: SharedBytes,
     start: usize,
     rows: usize,
@@ -21,16 +21,35 @@ pub struct InPlace {
 }
 
 impl InPlace {
-    /// The rows × k Q8_0 matrix at `start` of `bytes`.
-    pub fn new(bytes: SharedBytes, start: usize, rows: usize, k: usize) -> Result<InPlace> {
+    /// Whether matrices in `format` are used in place.
+    pub fn takes(format: Format) -> bool {
+        matches!(
+            format,
+            Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0
+        )
+    }
+
+    /// The rows × k matrix in `format` at `start` of `bytes`.
+    pub fn new(
+        format: Format,
+        bytes: SharedBytes,
+        start: usize,
+        rows: usize,
+        k: usize,
+    ) -> Result<InPlace> {
         let available = (*bytes).as_ref().len().saturating_sub(start);
-        let needed = rows.checked_mul(k / BLOCK * BLOCK_BYTES);
-        if !Tiles::fit(Format::Q8_0, rows, k) || needed.is_none_or(|n| n > available) {
+        let needed = rows.checked_mul(k / BLOCK * format.block_bytes());
+        if !InPlace::takes(format)
+            || !Tiles::fit(format, rows, k)
+            || needed.is_none_or(|n| n > available)
+        {
             candle_core::bail!(
-                "{available} bytes cannot hold a {rows}×{k} Q8_0 matrix of whole {TILE}-row tiles"
+                "{available} bytes cannot hold a {rows}×{k} {:?} matrix of whole {TILE}-row tiles",
+                format.dtype()
             );
         }
         Ok(InPlace {
+            format,
             bytes,
             start,
             rows,
@@ -39,7 +58,7 @@ impl InPlace {
     }
 
     fn row_bytes(&self) -> usize {
-        self.k / BLOCK * BLOCK_BYTES
+        self.k / BLOCK * self.format.block_bytes()
     }
 
     /// The file's bytes of rows first..first + count.
@@ -50,9 +69,10 @@ impl InPlace {
 
     /// One activation row against every weight row: each thread streams one contiguous share.
     fn generate(&self, kernel: Kernel, x: &[Activations]) -> Vec<f32> {
+        let format = self.format;
         #[cfg(target_arch = "x86_64")]
         let pairs = match kernel {
-            Kernel::Avx512Vnni => x86::pairs(x),
+            Kernel::Avx512Vnni => x86::pairs(x, stored_bias(format)),
             _ => Vec::new(),
         };
         let mut result = vec![0f32; self.rows];
@@ -65,11 +85,18 @@ impl InPlace {
                     // SAFETY: only kernels this CPU has get here; the row has one 34-byte
                     // block per activation block (checked in `new` and `check_input`), and
                     // `pairs` pairs them.
-                    Kernel::Avx512Vnni => unsafe { x86::dot_vnni(bytes, &pairs, x) },
+                    Kernel::Avx512Vnni => unsafe {
+                        match format {
+                            Format::Q4_1 => x86::dot_vnni::<1>(bytes, &pairs, x),
+                            Format::Q5_0 => x86::dot_vnni::<2>(bytes, &pairs, x),
+                            Format::Q5_1 => x86::dot_vnni::<3>(bytes, &pairs, x),
+                            _ => x86::dot_vnni::<4>(bytes, &pairs, x),
+                        }
+                    },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above.
-                    Kernel::Avx2 => unsafe { x86::dot(bytes, x) },
-                    _ => portable_dot(bytes, x),
+                    Kernel::Avx2 => unsafe { x86::dot(format, bytes, x) },
+                    _ => portable_dot(format, bytes, x),
                 };
                 // SAFETY: each row is handed out once; `result` outlives the pool call,
                 // which returns when every row is done.
@@ -80,21 +107,49 @@ impl InPlace {
     }
 }
 
-fn scale(block: &[u8]) -> f32 {
-    f16::from_le_bytes([block[0], block[1]]).to_f32()
+/// The f16 at `at` of a block: its scale at 0, Q4_1's and Q5_1's minimum at 2.
+fn half_at(block: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
 }
 
-/// Σ over blocks of d_w · d_x · Σ w·q, as candle's `vec_dot_q8_0_q8_0` sums it.
-fn portable_dot(row: &[u8], x: &[Activations]) -> f32 {
-    row.chunks_exact(BLOCK_BYTES)
+/// What the kernels add to each stored value to make it unsigned: Q8_0's signed bytes get
+/// 128, Q5_0 stores its values + 16 already.
+fn stored_bias(format: Format) -> i32 {
+    match format {
+        Format::Q8_0 => 128,
+        _ => format.bias(),
+    }
+}
+
+/// Value j of a block, the stored bias taken out.
+fn value(format: Format, block: &[u8], j: usize) -> i32 {
+    if format == Format::Q8_0 {
+        return i32::from(block[2 + j] as i8);
+    }
+    let at = format.quants_at();
+    let byte = block[at + j % 16];
+    let mut v = if j < 16 { byte & 0x0f } else { byte >> 4 };
+    if format.high_planes() == 1 {
+        let high = u32::from_le_bytes([block[at - 4], block[at - 3], block[at - 2], block[at - 1]]);
+        v |= (((high >> j) & 1) as u8) << 4;
+    }
+    i32::from(v) - format.bias()
+}
+
+/// Σ over blocks of d_w · d_x · Σ w·q (+ m_w · s_x with a minimum), as candle's
+/// `vec_dot`s sum it.
+fn portable_dot(format: Format, row: &[u8], x: &[Activations]) -> f32 {
+    row.chunks_exact(format.block_bytes())
         .zip(x)
         .map(|(block, a)| {
-            let sum: i32 = block[2..]
-                .iter()
-                .zip(&a.q)
-                .map(|(&w, &q)| i32::from(w as i8) * i32::from(q))
+            let sum: i32 = (0..BLOCK)
+                .map(|j| value(format, block, j) * i32::from(a.q[j]))
                 .sum();
-            sum as f32 * scale(block) * a.d
+            let mut dot = sum as f32 * half_at(block, 0) * a.d;
+            if format.has_min() {
+                dot += half_at(block, 2) * a.s;
+            }
+            dot
         })
         .sum()
 }
@@ -109,7 +164,7 @@ impl TilePass for OnTheFly<'_> {
     fn prepare(&self, t: usize, scratch: &mut Option<Tiles>) {
         let matrix = self.0;
         scratch
-            .get_or_insert_with(|| Tiles::one_tile(Format::Q8_0, matrix.k))
+            .get_or_insert_with(|| Tiles::one_tile(matrix.format, matrix.k))
             .repack_tile(matrix.rows_at(t * TILE, TILE));
     }
 
@@ -139,13 +194,19 @@ impl Repacked for InPlace {
 
     fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
         self.check_row(row, out)?;
+        let format = self.format;
         for (values, block) in out
             .chunks_exact_mut(BLOCK)
-            .zip(self.rows_at(row, 1).chunks_exact(BLOCK_BYTES))
+            .zip(self.rows_at(row, 1).chunks_exact(format.block_bytes()))
         {
-            let d = scale(block);
-            for (v, &q) in values.iter_mut().zip(&block[2..]) {
-                *v = d * f32::from(q as i8);
+            let d = half_at(block, 0);
+            let m = if format.has_min() {
+                half_at(block, 2)
+            } else {
+                0.0
+            };
+            for (j, v) in values.iter_mut().enumerate() {
+                *v = d * value(format, block, j) as f32 + m;
             }
         }
         Ok(())
@@ -165,95 +226,149 @@ impl Repacked for InPlace {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Activations, BLOCK_BYTES};
+    use super::{half_at, stored_bias, Activations, Format};
     use std::arch::x86_64::*;
+
+    /// How far ahead of the row being read its blocks are fetched into cache: the hardware
+    /// prefetcher stops at each page.
+    const PREFETCH: usize = 4096;
 
     /// Two activation blocks side by side, as one 512-bit `dpbusd` takes them.
     #[repr(C, align(64))]
     pub struct Pair {
         q: [i8; 64],
-        /// -128 × Σq of each block, in the first lane of its half: `dpbusd` starts from it,
-        /// which takes out the 128 added to make the weights unsigned.
+        /// -bias × Σq of each block, in the first lane of its half: `dpbusd` starts from it,
+        /// which takes out what was added to make the weights unsigned.
         bias: [i32; 16],
         /// Each block's scale across its half.
         d: [f32; 16],
+        /// Each block's d × Σq across its half, over 8: the 8 lanes of a minimum times it sum
+        /// to the block's minimum term.
+        s: [f32; 16],
     }
 
-    pub fn pairs(x: &[Activations]) -> Vec<Pair> {
+    pub fn pairs(x: &[Activations], bias: i32) -> Vec<Pair> {
         x.chunks_exact(2)
             .map(|two| {
                 let mut pair = Pair {
                     q: [0; 64],
                     bias: [0; 16],
                     d: [0.0; 16],
+                    s: [0.0; 16],
                 };
                 for (half, a) in two.iter().enumerate() {
                     pair.q[32 * half..32 * (half + 1)].copy_from_slice(&a.q);
-                    pair.bias[8 * half] = -128 * a.sum;
+                    pair.bias[8 * half] = -bias * a.sum;
                     pair.d[8 * half..8 * (half + 1)].fill(a.d);
+                    pair.s[8 * half..8 * (half + 1)].fill(a.s / 8.0);
                 }
                 pair
             })
             .collect()
     }
 
-    /// [`super::portable_dot`] two blocks at a time with AVX-512 VNNI: the weights made
-    /// unsigned by adding 128 (taken out again by each pair's bias), then each block's 8 sums
-    /// scaled in float. Generation is bound by this arithmetic as much as by memory: it does
-    /// half the work of [`dot`].
+    /// One block's 32 stored values as unsigned bytes (Q8_0's made so by adding 128), in
+    /// value order.
+    #[inline(always)]
+    unsafe fn unsigned_values(format: Format, block: *const u8) -> __m256i {
+        if format == Format::Q8_0 {
+            let w = _mm256_loadu_si256(block.add(2) as *const __m256i);
+            return _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+        }
+        let at = format.quants_at();
+        let nibbles = _mm_loadu_si128(block.add(at) as *const __m128i);
+        let mask = _mm_set1_epi8(0x0f);
+        let w = _mm256_set_m128i(
+            _mm_and_si128(_mm_srli_epi16(nibbles, 4), mask),
+            _mm_and_si128(nibbles, mask),
+        );
+        if format.high_planes() == 1 {
+            let high = (block.add(at - 4) as *const u32).read_unaligned();
+            return _mm256_or_si256(w, super::super::x86::spread_bits(high, 16));
+        }
+        w
+    }
+
+    /// The f16 at `at` of the two blocks from `block`, each across its half (a function, not
+    /// a closure: closures do not inherit the caller's target features).
+    #[inline(always)]
+    unsafe fn halves(block: *const u8, size: usize, at: usize) -> __m512 {
+        _mm512_cvtph_ps(_mm256_set_m128i(
+            _mm_set1_epi16((block.add(size + at) as *const i16).read_unaligned()),
+            _mm_set1_epi16((block.add(at) as *const i16).read_unaligned()),
+        ))
+    }
+
+    /// [`super::portable_dot`] with AVX2, a block at a time: unsigned values times the
+    /// activations (`maddubs`), pairs summed to 32 bits, each block's 8 sums scaled in float;
+    /// the stored bias and the minimum added per block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(format: Format, row: &[u8], x: &[Activations]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let bias = stored_bias(format);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut extra = 0f32;
+        for (b, (block, a)) in row.chunks_exact(format.block_bytes()).zip(x).enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            let w = unsigned_values(format, block.as_ptr());
+            let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
+            // 255 × 127 × 2 would saturate 16 bits: Q8_0 multiplies |w| by q with w's sign.
+            let products = if format == Format::Q8_0 {
+                let signed = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+                _mm256_maddubs_epi16(
+                    _mm256_sign_epi8(signed, signed),
+                    _mm256_sign_epi8(q, signed),
+                )
+            } else {
+                _mm256_maddubs_epi16(w, q)
+            };
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
+            let d = half_at(block, 0) * a.d;
+            acc[b % 2] = _mm256_fmadd_ps(_mm256_set1_ps(d), sums, acc[b % 2]);
+            if format != Format::Q8_0 {
+                extra -= (bias * a.sum) as f32 * d;
+            }
+            if format.has_min() {
+                extra += half_at(block, 2) * a.s;
+            }
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
+        lanes.iter().sum::<f32>() + extra
+    }
+
+    /// [`super::portable_dot`] two blocks at a time with AVX-512 VNNI, compiled for
+    /// `Format::ALL[F]`: the weights unsigned (their bias taken out by each pair's), then each
+    /// block's 8 sums scaled in float. Generation is bound by this arithmetic as much as by
+    /// memory: it does half the work of [`dot`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn dot_vnni(row: &[u8], pairs: &[Pair], x: &[Activations]) -> f32 {
-        let flip = _mm512_set1_epi8(-128);
+    pub unsafe fn dot_vnni<const F: usize>(row: &[u8], pairs: &[Pair], x: &[Activations]) -> f32 {
+        let format = Format::ALL[F];
+        let size = format.block_bytes();
         let at = row.as_ptr();
         let mut acc = [_mm512_setzero_ps(); 2];
         for (i, pair) in pairs.iter().enumerate() {
-            let block = at.add(2 * i * BLOCK_BYTES);
+            let block = at.add(2 * i * size);
             _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH) as *const i8);
-            let low = _mm256_loadu_si256(block.add(2) as *const __m256i);
-            let high = _mm256_loadu_si256(block.add(BLOCK_BYTES + 2) as *const __m256i);
-            let w = _mm512_xor_si512(
-                _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1),
-                flip,
+            let w = _mm512_inserti64x4(
+                _mm512_castsi256_si512(unsigned_values(format, block)),
+                unsigned_values(format, block.add(size)),
+                1,
             );
             let sums = _mm512_dpbusd_epi32(
                 _mm512_load_si512(pair.bias.as_ptr() as *const _),
                 w,
                 _mm512_load_si512(pair.q.as_ptr() as *const _),
             );
-            let scales = _mm512_cvtph_ps(_mm256_set_m128i(
-                _mm_set1_epi16((block.add(BLOCK_BYTES) as *const i16).read_unaligned()),
-                _mm_set1_epi16((block as *const i16).read_unaligned()),
-            ));
-            let scales = _mm512_mul_ps(scales, _mm512_load_ps(pair.d.as_ptr()));
-            acc[i % 2] = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(sums), acc[i % 2]);
+            let scales = _mm512_mul_ps(halves(block, size, 0), _mm512_load_ps(pair.d.as_ptr()));
+            let a = &mut acc[i % 2];
+            *a = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(sums), *a);
+            if format.has_min() {
+                *a = _mm512_fmadd_ps(halves(block, size, 2), _mm512_load_ps(pair.s.as_ptr()), *a);
+            }
         }
         let done = 2 * pairs.len();
         _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
-            + super::portable_dot(&row[done * BLOCK_BYTES..], &x[done..])
-    }
-
-    /// How far ahead of the row being read its blocks are fetched into cache: the hardware
-    /// prefetcher stops at each page.
-    const PREFETCH: usize = 4096;
-
-    /// [`super::portable_dot`] with AVX2: |w| times q with w's sign (`maddubs` takes unsigned
-    /// times signed bytes), pairs summed to 32 bits, then each block's 8 sums scaled in
-    /// float.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(row: &[u8], x: &[Activations]) -> f32 {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); 2];
-        for (b, (block, a)) in row.chunks_exact(BLOCK_BYTES).zip(x).enumerate() {
-            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH) as *const i8);
-            let w = _mm256_loadu_si256(block.as_ptr().add(2) as *const __m256i);
-            let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
-            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-            let d = super::scale(block) * a.d;
-            acc[b % 2] = _mm256_fmadd_ps(_mm256_set1_ps(d), sums, acc[b % 2]);
-        }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
-        lanes.iter().sum()
+            + super::portable_dot(format, &row[done * size..], &x[done..])
     }
 }

@@ -341,7 +341,7 @@ unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
 
 /// `bit` in byte j where bit j of `bits` is set.
 #[target_feature(enable = "avx2")]
-unsafe fn spread_bits(bits: u32, bit: i8) -> __m256i {
+pub(super) unsafe fn spread_bits(bits: u32, bit: i8) -> __m256i {
     // Byte j takes byte j/8 of `bits`, then tests its bit j%8.
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
