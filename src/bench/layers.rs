@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 /// A GGUF's tensors, read from the file memory-mapped: weights fitbench repacks are read
 /// straight from the page cache (no copy of each tensor first), and each tensor's pages
-/// leave this process once it is loaded, so the mapping never adds to the peak. f16 weights
-/// are used in the mapping itself.
+/// leave this process once it is loaded, so the mapping never adds to the peak. Weights of
+/// the types llama.cpp does not repack either (f16, Q4_1, Q5_0, Q5_1, Q8_0) are used in the
+/// mapping itself.
 pub struct Tensors {
     pub content: gguf_file::Content,
     map: Arc<memmap2::Mmap>,
