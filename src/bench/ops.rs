@@ -203,8 +203,8 @@ mod tests {
     use super::*;
     use candle_core::{Device, IndexOp, D};
 
-    fn random(shape: &[usize]) -> Tensor {
-        Tensor::rand(-4f32, 4f32, shape, &Device::Cpu).unwrap()
+    fn random(shape: &[usize]) -> Result<Tensor> {
+        Tensor::rand(-4f32, 4f32, shape, &Device::Cpu)
     }
 
     #[test]
@@ -221,33 +221,29 @@ mod tests {
     }
 
     #[test]
-    fn rotation_equals_candles_rope_for_both_pairings() {
+    fn rotation_equals_candles_rope_for_both_pairings() -> Result<()> {
         let (positions, dim, heads, seq, pos) = (40, 16, 3, 5, 7);
-        let angles = random(&[positions, dim / 2]);
-        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-        let x = random(&[2, seq, heads, dim]);
+        let angles = random(&[positions, dim / 2])?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let x = random(&[2, seq, heads, dim])?;
         for interleaved in [true, false] {
             let op = Rotate {
-                cos: &cos.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                sin: &sin.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                cos: &cos.flatten_all()?.to_vec1::<f32>()?,
+                sin: &sin.flatten_all()?.to_vec1::<f32>()?,
                 pos,
                 interleaved,
             };
-            let ours = apply(&x, &op).unwrap().transpose(1, 2).unwrap();
-            let heads_first = x.transpose(1, 2).unwrap().contiguous().unwrap();
-            let (c, s) = (
-                cos.narrow(0, pos, seq).unwrap(),
-                sin.narrow(0, pos, seq).unwrap(),
-            );
+            let ours = apply(&x, &op)?.transpose(1, 2)?;
+            let heads_first = x.transpose(1, 2)?.contiguous()?;
+            let (c, s) = (cos.narrow(0, pos, seq)?, sin.narrow(0, pos, seq)?);
             let candle = if interleaved {
                 candle_nn::rotary_emb::rope_i(&heads_first, &c, &s)
             } else {
                 candle_nn::rotary_emb::rope(&heads_first, &c, &s)
-            }
-            .unwrap();
-            let difference = (ours - candle).unwrap().abs().unwrap().max_all().unwrap();
+            }?;
+            let difference = (ours - candle)?.abs()?.max_all()?;
             assert_eq!(
-                difference.to_scalar::<f32>().unwrap(),
+                difference.to_scalar::<f32>()?,
                 0.0,
                 "interleaved {interleaved}"
             );
@@ -259,13 +255,14 @@ mod tests {
             interleaved: true,
         };
         assert!(apply(&x, &past_the_table).is_err());
+        Ok(())
     }
 
     #[test]
-    fn causal_softmax_equals_masking_then_candles_softmax() {
+    fn causal_softmax_equals_masking_then_candles_softmax() -> Result<()> {
         let (seq, pos, kv_heads, group) = (6, 4, 2, 3);
         let kv_len = pos + seq;
-        let scores = random(&[1, kv_heads, group * seq, kv_len]);
+        let scores = random(&[1, kv_heads, group * seq, kv_len])?;
         for window in [None, Some(3)] {
             let op = CausalSoftmax {
                 scale: 0.125,
@@ -273,7 +270,7 @@ mod tests {
                 pos,
                 window,
             };
-            let ours = apply(&scores, &op).unwrap();
+            let ours = apply(&scores, &op)?;
             let hidden: Vec<f32> = (0..group * seq)
                 .flat_map(|r| {
                     let i = pos + r % seq;
@@ -287,24 +284,16 @@ mod tests {
                     })
                 })
                 .collect();
-            let mask = Tensor::from_vec(hidden, (group * seq, kv_len), &Device::Cpu).unwrap();
-            let masked = ((scores.clone() * 0.125).unwrap().broadcast_add(&mask)).unwrap();
-            let reference = candle_nn::ops::softmax_last_dim(&masked).unwrap();
-            let difference = (&ours - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap();
-            assert!(
-                difference.to_scalar::<f32>().unwrap() < 1e-6,
-                "window {window:?}"
-            );
-            let row_sums = ours.sum(D::Minus1).unwrap().flatten_all().unwrap();
-            for total in row_sums.to_vec1::<f32>().unwrap() {
+            let mask = Tensor::from_vec(hidden, (group * seq, kv_len), &Device::Cpu)?;
+            let masked = ((scores.clone() * 0.125)?.broadcast_add(&mask))?;
+            let reference = candle_nn::ops::softmax_last_dim(&masked)?;
+            let difference = (&ours - reference)?.abs()?.max_all()?;
+            assert!(difference.to_scalar::<f32>()? < 1e-6, "window {window:?}");
+            let row_sums = ours.sum(D::Minus1)?.flatten_all()?;
+            for total in row_sums.to_vec1::<f32>()? {
                 assert!((total - 1.0).abs() < 1e-5);
             }
-            let first_query = ours.i((0, 0, 0)).unwrap().to_vec1::<f32>().unwrap();
+            let first_query = ours.i((0, 0, 0))?.to_vec1::<f32>()?;
             assert!(first_query[pos + 1..].iter().all(|&p| p == 0.0));
         }
         let too_few_keys = CausalSoftmax {
@@ -314,5 +303,6 @@ mod tests {
             window: None,
         };
         assert!(apply(&scores, &too_few_keys).is_err());
+        Ok(())
     }
 }

@@ -310,17 +310,13 @@ mod x86 {
         let mut extra = 0f32;
         for (b, (block, a)) in row.chunks_exact(format.block_bytes()).zip(x).enumerate() {
             _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH) as *const i8);
-            let w = unsigned_values(format, block.as_ptr());
             let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
             // 255 × 127 × 2 would saturate 16 bits: Q8_0 multiplies |w| by q with w's sign.
             let products = if format == Format::Q8_0 {
-                let signed = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
-                _mm256_maddubs_epi16(
-                    _mm256_sign_epi8(signed, signed),
-                    _mm256_sign_epi8(q, signed),
-                )
+                let w = _mm256_loadu_si256(block.as_ptr().add(2) as *const __m256i);
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w))
             } else {
-                _mm256_maddubs_epi16(w, q)
+                _mm256_maddubs_epi16(unsigned_values(format, block.as_ptr()), q)
             };
             let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
             let d = half_at(block, 0) * a.d;
