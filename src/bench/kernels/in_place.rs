@@ -1,13 +1,13 @@
-//! Q4_1, Q5_0, Q5_1 and Q8_0 matrices used where they lie in the mapped file, as llama.cpp
-//! uses them (it repacks only Q4_0 and Q4_K here): loading them costs nothing (repacking a
-//! 1.1 GB Q8_0 model took 355 ms against llama.cpp's 17). Generation streams each row's
-//! blocks straight from the mapping. Prompts repack each tile of 16 rows, as its thread
-//! reaches it, into a scratch tile that stays in cache while every activation row passes
-//! over it.
+//! Q4_1, Q5_0, Q5_1, Q8_0, Q5_K and Q6_K matrices used where they lie in the mapped file,
+//! as llama.cpp uses them (it repacks only Q4_0 and Q4_K here): loading them costs nothing
+//! (repacking a 1.1 GB Q8_0 model took 355 ms against llama.cpp's 17). Generation streams
+//! each row's blocks straight from the mapping. Prompts repack each tile of 16 rows, as its
+//! thread reaches it, into a scratch tile that stays in cache while every activation row
+//! passes over it.
 
 use super::{
-    check_input, in_chunks, quantize_rows, run_tiles, Activations, Format, Kernel, Repacked,
-    SharedBytes, TilePass, Tiles, BLOCK, TILE,
+    check_input, in_chunks, k_rows, quantize_rows, run_tiles, Activations, ActivationsK, Columns,
+    Format, Kernel, Repacked, SharedBytes, TilePass, Tiles, Unpacked, BLOCK, TILE,
 };
 use candle_core::Result;
 use half::f16;
@@ -23,10 +23,7 @@ pub struct InPlace {
 impl InPlace {
     /// Whether matrices in `format` are used in place.
     pub fn takes(format: Format) -> bool {
-        matches!(
-            format,
-            Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0
-        )
+        !matches!(format, Format::Q4_0 | Format::Q4K)
     }
 
     /// The rows × k matrix in `format` at `start` of `bytes`.
@@ -38,7 +35,7 @@ impl InPlace {
         k: usize,
     ) -> Result<InPlace> {
         let available = (*bytes).as_ref().len().saturating_sub(start);
-        let needed = rows.checked_mul(k / BLOCK * format.block_bytes());
+        let needed = rows.checked_mul(k / format.block_values() * format.block_bytes());
         if !InPlace::takes(format)
             || !Tiles::fit(format, rows, k)
             || needed.is_none_or(|n| n > available)
@@ -58,7 +55,7 @@ impl InPlace {
     }
 
     fn row_bytes(&self) -> usize {
-        self.k / BLOCK * self.format.block_bytes()
+        self.k / self.format.block_values() * self.format.block_bytes()
     }
 
     /// The file's bytes of rows first..first + count.
@@ -67,43 +64,74 @@ impl InPlace {
         &(*self.bytes).as_ref()[self.start + first * size..][..count * size]
     }
 
-    /// One activation row against every weight row: each thread streams one contiguous share.
-    fn generate(&self, kernel: Kernel, x: &[Activations]) -> Vec<f32> {
+    /// One activation row against every weight row, `dot` giving each row's product: each
+    /// thread streams one contiguous share.
+    fn generate(&self, dot: impl Fn(&[u8]) -> f32 + Sync) -> Vec<f32> {
+        let mut result = vec![0f32; self.rows];
+        let out = result.as_mut_ptr() as usize;
+        in_chunks(self.rows, 1, |rows| {
+            let weights = self.rows_at(rows.start, rows.len());
+            for (row, bytes) in rows.zip(weights.chunks_exact(self.row_bytes())) {
+                // SAFETY: each row is handed out once; `result` outlives the pool call,
+                // which returns when every row is done.
+                unsafe { *(out as *mut f32).add(row) = dot(bytes) };
+            }
+        });
+        result
+    }
+
+    /// [`InPlace::generate`] for the 32-value formats.
+    fn generate_blocks(&self, kernel: Kernel, x: &[Activations]) -> Vec<f32> {
         let format = self.format;
         #[cfg(target_arch = "x86_64")]
         let pairs = match kernel {
             Kernel::Avx512Vnni => x86::pairs(x, stored_bias(format)),
             _ => Vec::new(),
         };
-        let mut result = vec![0f32; self.rows];
-        let out = result.as_mut_ptr() as usize;
-        in_chunks(self.rows, 1, |rows| {
-            let weights = self.rows_at(rows.start, rows.len());
-            for (row, bytes) in rows.zip(weights.chunks_exact(self.row_bytes())) {
-                let value = match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: only kernels this CPU has get here; the row has one 34-byte
-                    // block per activation block (checked in `new` and `check_input`), and
-                    // `pairs` pairs them.
-                    Kernel::Avx512Vnni => unsafe {
-                        match format {
-                            Format::Q4_1 => x86::dot_vnni::<1>(bytes, &pairs, x),
-                            Format::Q5_0 => x86::dot_vnni::<2>(bytes, &pairs, x),
-                            Format::Q5_1 => x86::dot_vnni::<3>(bytes, &pairs, x),
-                            _ => x86::dot_vnni::<4>(bytes, &pairs, x),
-                        }
-                    },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    Kernel::Avx2 => unsafe { x86::dot(format, bytes, x) },
-                    _ => portable_dot(format, bytes, x),
-                };
-                // SAFETY: each row is handed out once; `result` outlives the pool call,
-                // which returns when every row is done.
-                unsafe { *(out as *mut f32).add(row) = value };
-            }
-        });
-        result
+        self.generate(|row| match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: only kernels this CPU has get here; the row has one block per
+            // activation block (checked in `new` and `check_input`), and `pairs` pairs them.
+            Kernel::Avx512Vnni => unsafe {
+                match format {
+                    Format::Q4_1 => x86::dot_vnni::<1>(row, &pairs, x),
+                    Format::Q5_0 => x86::dot_vnni::<2>(row, &pairs, x),
+                    Format::Q5_1 => x86::dot_vnni::<3>(row, &pairs, x),
+                    _ => x86::dot_vnni::<4>(row, &pairs, x),
+                }
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx2 => unsafe { x86::dot(format, row, x) },
+            _ => portable_dot(format, row, x),
+        })
+    }
+
+    /// [`InPlace::generate`] for Q5_K and Q6_K.
+    fn generate_super_blocks(&self, kernel: Kernel, x: &[ActivationsK]) -> Vec<f32> {
+        let q6k = self.format == Format::Q6K;
+        self.generate(|row| match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: only kernels this CPU has get here; the row has one super-block per
+            // activation block (checked in `new` and `check_input`).
+            Kernel::Avx512Vnni => unsafe {
+                if q6k {
+                    k_rows::x86::dot_q6k_vnni(row, x)
+                } else {
+                    k_rows::x86::dot_q5k_vnni(row, x)
+                }
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Kernel::Avx2 => unsafe {
+                if q6k {
+                    k_rows::x86::dot_q6k(row, x)
+                } else {
+                    k_rows::x86::dot_q5k(row, x)
+                }
+            },
+            _ => k_rows::portable_dot(self.format, row, x),
+        })
     }
 }
 
@@ -154,17 +182,22 @@ fn portable_dot(format: Format, row: &[u8], x: &[Activations]) -> f32 {
         .sum()
 }
 
-/// The matrix's tiles, each repacked as its thread reaches it, with quantized activations.
-struct OnTheFly<'a>(&'a InPlace);
+/// The matrix's tiles, each repacked as its thread reaches it for `kernel`, with quantized
+/// activations.
+struct OnTheFly<'a, A> {
+    matrix: &'a InPlace,
+    kernel: Kernel,
+    activations: std::marker::PhantomData<A>,
+}
 
-impl TilePass for OnTheFly<'_> {
-    type Row = [Activations];
+impl<A: Columns> TilePass for OnTheFly<'_, A> {
+    type Row = [A];
     type Scratch = Option<Tiles>;
 
     fn prepare(&self, t: usize, scratch: &mut Option<Tiles>) {
-        let matrix = self.0;
+        let matrix = self.matrix;
         scratch
-            .get_or_insert_with(|| Tiles::one_tile(matrix.format, matrix.k))
+            .get_or_insert_with(|| Tiles::one_tile(matrix.format, matrix.k, self.kernel))
             .repack_tile(matrix.rows_at(t * TILE, TILE));
     }
 
@@ -173,13 +206,26 @@ impl TilePass for OnTheFly<'_> {
         kernel: Kernel,
         _: usize,
         scratch: &Option<Tiles>,
-        rows: [&[Activations]; C],
+        rows: [&[A]; C],
     ) -> [[f32; TILE]; C] {
         match scratch {
-            Some(tile) => super::Columns::pass(tile, kernel, 0, rows),
+            Some(tile) => A::pass(tile, kernel, 0, rows),
             // `prepare` always fills it first.
             None => [[0.0; TILE]; C],
         }
+    }
+}
+
+impl InPlace {
+    /// Every tile against `x` (m rows), each repacked on the fly.
+    fn prompt<A: Columns>(&self, kernel: Kernel, x: &[A]) -> Vec<f32> {
+        let rows: Vec<&[A]> = x.chunks_exact(self.k / A::VALUES).collect();
+        let pass = OnTheFly {
+            matrix: self,
+            kernel,
+            activations: std::marker::PhantomData,
+        };
+        run_tiles(&pass, kernel, self.rows, &rows)
     }
 }
 
@@ -195,10 +241,12 @@ impl Repacked for InPlace {
     fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<()> {
         self.check_row(row, out)?;
         let format = self.format;
-        for (values, block) in out
-            .chunks_exact_mut(BLOCK)
-            .zip(self.rows_at(row, 1).chunks_exact(format.block_bytes()))
-        {
+        let blocks = self.rows_at(row, 1).chunks_exact(format.block_bytes());
+        for (values, block) in out.chunks_exact_mut(format.block_values()).zip(blocks) {
+            if format.is_k() {
+                Unpacked::new(format, block).dequantize(format, values);
+                continue;
+            }
             let d = half_at(block, 0);
             let m = if format.has_min() {
                 half_at(block, 2)
@@ -215,12 +263,21 @@ impl Repacked for InPlace {
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         check_input(x, m, self.k)?;
         let kernel = kernel.or_portable();
-        let activations = quantize_rows::<Activations>(x, m, self.k);
-        if m == 1 {
-            return Ok(self.generate(kernel, &activations));
-        }
-        let rows: Vec<&[Activations]> = activations.chunks_exact(self.k / BLOCK).collect();
-        Ok(run_tiles(&OnTheFly(self), kernel, self.rows, &rows))
+        Ok(if self.format.is_k() {
+            let activations = quantize_rows::<ActivationsK>(x, m, self.k);
+            if m == 1 {
+                self.generate_super_blocks(kernel, &activations)
+            } else {
+                self.prompt(kernel, &activations)
+            }
+        } else {
+            let activations = quantize_rows::<Activations>(x, m, self.k);
+            if m == 1 {
+                self.generate_blocks(kernel, &activations)
+            } else {
+                self.prompt(kernel, &activations)
+            }
+        })
     }
 }
 

@@ -18,6 +18,7 @@ use half::f16;
 
 mod float16;
 mod in_place;
+mod k_rows;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -255,6 +256,23 @@ impl Unpacked {
     }
 }
 
+impl Unpacked {
+    /// The super-block's 256 values, with candle's arithmetic.
+    fn dequantize(&self, format: Format, out: &mut [f32]) {
+        let d = f16::from_bits(self.scale).to_f32();
+        let min = f16::from_bits(self.min).to_f32();
+        for (i, (o, &v)) in out.iter_mut().zip(&self.values).enumerate() {
+            let v = (i32::from(v) - format.bias()) as f32;
+            *o = if format == Format::Q6K {
+                d * f32::from(self.sub_scales[i / 16] as i8) * v
+            } else {
+                let unit = i / BLOCK;
+                d * f32::from(self.sub_scales[unit]) * v - min * f32::from(self.sub_mins[unit])
+            };
+        }
+    }
+}
+
 /// The largest magnitude in `values` (a whole number of 8s), NaN ignored as `f32::max`
 /// ignores it. Eight running maxima, each a compare and select, vectorize where `f32::max`
 /// does not.
@@ -436,6 +454,10 @@ pub struct Tiles {
     k: usize,
     /// Blocks per row.
     blocks: usize,
+    /// Whether values are stored whole, a byte each, laid out as Q8_0's (no high planes):
+    /// the scratch tiles K-format prompts repack on the fly with AVX-512, whose pass then
+    /// reads them without decoding.
+    wide: bool,
     /// [tile][block][unit][chunk][row in tile][4 bytes]. Nibble formats have 4 chunks per
     /// unit: chunk h holds values 4h..4h+4 of the unit in its low nibbles and 16+4h.. in its
     /// high ones (for the 32-value formats, the file's own byte order within a row). Q8_0 has
@@ -468,11 +490,16 @@ type Lengths = Arrays<usize, usize, usize, usize>;
 type Part<'a> = Arrays<&'a mut [u8], &'a mut [u64], &'a mut [u16], &'a mut [u8]>;
 
 impl Lengths {
-    fn per_tile(format: Format, blocks: usize) -> Lengths {
+    fn per_tile(format: Format, blocks: usize, wide: bool) -> Lengths {
         let (units, tile_blocks) = (format.units(), TILE * blocks);
+        let (quant_bytes, planes) = if wide {
+            (format.block_values(), 0)
+        } else {
+            (format.quant_bytes(), format.high_planes())
+        };
         Arrays {
-            quants: tile_blocks * format.quant_bytes(),
-            high: blocks * format.high_planes() * units * GROUPS,
+            quants: tile_blocks * quant_bytes,
+            high: blocks * planes * units * GROUPS,
             scales: tile_blocks,
             mins: if format.has_min() { tile_blocks } else { 0 },
             sub_scales: tile_blocks * format.sub_blocks(),
@@ -643,12 +670,13 @@ impl Tiles {
             );
         }
         let tiles = rows / TILE;
-        let per_tile = Arrays::per_tile(format, blocks);
+        let per_tile = Arrays::per_tile(format, blocks, false);
         let mut packed = Tiles {
             format,
             rows,
             k,
             blocks,
+            wide: false,
             quants: vec![0; tiles * per_tile.quants],
             high: vec![0; tiles * per_tile.high],
             scales: vec![0; tiles * per_tile.scales],
@@ -683,11 +711,13 @@ impl Tiles {
 
     /// Stored value i (of the block's values) of row r in tile-block tb.
     fn value(&self, tb: usize, r: usize, i: usize) -> u8 {
-        let quant_bytes = self.format.quant_bytes();
-        let quants = &self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
-        if self.format == Format::Q8_0 {
+        if self.format == Format::Q8_0 || self.wide {
+            let bytes = self.format.block_values();
+            let quants = &self.quants[tb * TILE * bytes..][..TILE * bytes];
             return quants[((i / 4) * TILE + r) * 4 + i % 4];
         }
+        let quant_bytes = self.format.quant_bytes();
+        let quants = &self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
         let (unit, j) = (i / BLOCK, i % BLOCK);
         let byte = quants[((unit * 4 + (j % 16) / 4) * TILE + r) * 4 + j % 4];
         let mut value = if j < 16 { byte & 0x0f } else { byte >> 4 };
@@ -746,15 +776,18 @@ impl Tiles {
         ))
     }
 
-    /// A matrix of one tile's arrays, for [`Tiles::repack_tile`] to fill.
-    fn one_tile(format: Format, k: usize) -> Tiles {
+    /// A matrix of one tile's arrays, for [`Tiles::repack_tile`] to fill: wide (see
+    /// [`Tiles::wide`]) for Q5_K and Q6_K where AVX-512 VNNI runs it.
+    fn one_tile(format: Format, k: usize, kernel: Kernel) -> Tiles {
         let blocks = k / format.block_values();
-        let lengths = Lengths::per_tile(format, blocks);
+        let wide = kernel == Kernel::Avx512Vnni && matches!(format, Format::Q5K | Format::Q6K);
+        let lengths = Lengths::per_tile(format, blocks, wide);
         Tiles {
             format,
             rows: TILE,
             k,
             blocks,
+            wide,
             quants: vec![0; lengths.quants],
             high: vec![0; lengths.high],
             scales: vec![0; lengths.scales],
@@ -766,6 +799,12 @@ impl Tiles {
 
     /// Repacks `bytes`, the file's 16 rows, into this one-tile matrix.
     fn repack_tile(&mut self, bytes: &[u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.wide {
+            // SAFETY: only AVX-512 VNNI makes wide tiles (`one_tile`); `bytes` is whole
+            // super-blocks, and the arrays hold one tile of them.
+            return unsafe { k_rows::x86::repack_wide(self, bytes) };
+        }
         self.high.fill(0);
         let part = Arrays {
             quants: &mut self.quants[..],
@@ -1280,8 +1319,14 @@ mod tests {
         for format in Format::ALL.into_iter().filter(|&f| InPlace::takes(f)) {
             // 18 blocks a row against candle (whose checked builds want an even count), 17
             // against the tiles (which are checked against candle above): the AVX-512 row
-            // kernel takes blocks in pairs, and the odd one goes the portable way.
-            for (k, seed) in [(576, 13), (544, 17)] {
+            // kernel takes blocks in pairs, and the odd one goes the portable way. The K
+            // formats take any count of super-blocks.
+            let shapes = if format.is_k() {
+                [(512, 13), (768, 17)]
+            } else {
+                [(576, 13), (544, 17)]
+            };
+            for (k, seed) in shapes {
                 let weights = random_weights(format, n, k, seed);
                 let mut bytes = vec![0u8; 10];
                 bytes.extend(&weights);
@@ -1291,7 +1336,7 @@ mod tests {
                 for m in [1, 5, 13] {
                     let x: Vec<f32> =
                         Tensor::randn(0f32, 1.0, (m * k,), &Device::Cpu)?.to_vec1()?;
-                    let expected = if k % 64 == 0 {
+                    let expected = if format.is_k() || k % 64 == 0 {
                         candle_matmul(format, &weights, &x, (m, k, n))?
                     } else {
                         tiles.matmul_with(Kernel::Portable, &x, m)?
@@ -1319,8 +1364,10 @@ mod tests {
                 assert!(InPlace::new(format, bytes, 10, 40, k).is_err());
             }
         }
-        let q4_0 = random_weights(Format::Q4_0, 16, 64, 1);
-        assert!(InPlace::new(Format::Q4_0, Arc::new(q4_0), 0, 16, 64).is_err());
+        for (format, k) in [(Format::Q4_0, 64), (Format::Q4K, 256)] {
+            let weights = random_weights(format, 16, k, 1);
+            assert!(InPlace::new(format, Arc::new(weights), 0, 16, k).is_err());
+        }
         Ok(())
     }
 

@@ -37,15 +37,15 @@ unsafe fn group(q: &[i8], g: usize) -> i32 {
 /// separate streams the hardware prefetcher did not keep up with (a third of Q6_K's
 /// generation time stalled on its high-bit masks, by perf).
 #[inline(always)]
-unsafe fn prefetch_side(tiles: &Tiles, format: Format, tb: usize) {
-    let tb = tb + (PREFETCH / (TILE * format.quant_bytes())).max(1);
+unsafe fn prefetch_side(tiles: &Tiles, format: Format, wide: bool, tb: usize) {
+    let tb = tb + (PREFETCH / (TILE * quant_bytes(format, wide))).max(1);
     // wrapping_add: near the end these point past the arrays, which a prefetch ignores.
     let lines = |start: *const u8, bytes: usize| {
         for offset in (0..bytes).step_by(64) {
             _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset) as *const i8);
         }
     };
-    let high = format.high_planes() * format.units() * GROUPS;
+    let high = planes(format, wide) * format.units() * GROUPS;
     lines(
         tiles.high.as_ptr().wrapping_add(tb * high) as *const u8,
         high * 8,
@@ -70,6 +70,26 @@ unsafe fn prefetch_side(tiles: &Tiles, format: Format, tb: usize) {
     lines(tiles.sub_mins.as_ptr().wrapping_add(tb * mins), mins);
 }
 
+/// Quant bytes per row of a block in tiles of `format`, wide or not ([`Tiles::wide`]).
+#[inline(always)]
+fn quant_bytes(format: Format, wide: bool) -> usize {
+    if wide {
+        format.block_values()
+    } else {
+        format.quant_bytes()
+    }
+}
+
+/// High-bit planes in tiles of `format`, wide or not.
+#[inline(always)]
+fn planes(format: Format, wide: bool) -> usize {
+    if wide {
+        0
+    } else {
+        format.high_planes()
+    }
+}
+
 /// The high-bit masks of one unit's 8 groups, for each plane.
 #[inline(always)]
 unsafe fn high_masks(
@@ -85,20 +105,33 @@ unsafe fn high_masks(
 
 /// One 32-value unit of tile-block tb as 8 registers of unsigned bytes: register g holds
 /// values 4g..4g+4 of each of the 16 rows (Q8_0 shifted by 128 to be unsigned).
-/// Always inlined, so that a caller's constant `format` takes the other formats' code out.
+/// Always inlined, so that a caller's constant `format` and `wide` take the other layouts'
+/// code out.
 #[inline(always)]
-unsafe fn unit_vnni(tiles: &Tiles, format: Format, tb: usize, unit: usize) -> [__m512i; GROUPS] {
-    let quant_bytes = format.quant_bytes();
+unsafe fn unit_vnni(
+    tiles: &Tiles,
+    format: Format,
+    wide: bool,
+    tb: usize,
+    unit: usize,
+) -> [__m512i; GROUPS] {
+    let whole_bytes = wide || format == Format::Q8_0;
+    // A unit is 4 lines of nibbles or 8 of whole bytes.
+    let lines = if whole_bytes { 8 } else { 4 };
     let base = tiles
         .quants
         .as_ptr()
-        .add(tb * TILE * quant_bytes + unit * TILE * BLOCK / 2);
-    // A unit is 4 lines of nibbles or 8 of Q8_0's bytes.
-    let lines = if format == Format::Q8_0 { 8 } else { 4 };
+        .add(tb * TILE * quant_bytes(format, wide) + unit * lines * 64);
     for line in 0..lines {
         _mm_prefetch::<_MM_HINT_T0>(base.add(PREFETCH + line * 64) as *const i8);
     }
     let mut w = [_mm512_setzero_si512(); GROUPS];
+    if wide {
+        for (g, w) in w.iter_mut().enumerate() {
+            *w = _mm512_loadu_si512(base.add(g * 64) as *const _);
+        }
+        return w;
+    }
     if format == Format::Q8_0 {
         let flip = _mm512_set1_epi8(-128);
         for (g, w) in w.iter_mut().enumerate() {
@@ -155,8 +188,8 @@ unsafe fn pass_vnni_as<const C: usize, const F: usize>(
     let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
-        prefetch_side(tiles, format, tb);
-        let w = unit_vnni(tiles, format, tb, 0);
+        prefetch_side(tiles, format, false, tb);
+        let w = unit_vnni(tiles, format, false, tb, 0);
         let scales = _mm512_cvtph_ps(_mm256_loadu_si256(
             tiles.scales.as_ptr().add(tb * TILE) as *const __m256i
         ));
@@ -202,20 +235,22 @@ pub unsafe fn pass_k_vnni<const C: usize>(
     t: usize,
     columns: [&[ActivationsK]; C],
 ) -> [[f32; TILE]; C] {
-    match tiles.format {
-        Format::Q5K => pass_k_vnni_as::<C, 6>(tiles, t, columns),
-        Format::Q6K => pass_k_vnni_as::<C, 7>(tiles, t, columns),
-        // Q4_K; the 32-value formats never come here.
-        _ => pass_k_vnni_as::<C, 5>(tiles, t, columns),
+    match (tiles.format, tiles.wide) {
+        (Format::Q5K, false) => pass_k_vnni_as::<C, 6, false>(tiles, t, columns),
+        (Format::Q5K, true) => pass_k_vnni_as::<C, 6, true>(tiles, t, columns),
+        (Format::Q6K, false) => pass_k_vnni_as::<C, 7, false>(tiles, t, columns),
+        (Format::Q6K, true) => pass_k_vnni_as::<C, 7, true>(tiles, t, columns),
+        // Q4_K, never wide; the 32-value formats never come here.
+        _ => pass_k_vnni_as::<C, 5, false>(tiles, t, columns),
     }
 }
 
-/// [`pass_k_vnni`] compiled for one format, `Format::ALL[F]`, as [`pass_vnni_as`]. What the
+/// [`pass_k_vnni`] compiled for one format, `Format::ALL[F]`, and layout, as [`pass_vnni_as`]. What the
 /// stored values carry besides value × sub-scale (Q4_K's and Q5_K's minimums, Q6_K's +32) is
 /// taken out once per super-block with `dpwssd` on pairs of 16-bit sums, which keeps the loop
 /// over units down to the `dpbusd`s and one scale multiply per unit.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
+unsafe fn pass_k_vnni_as<const C: usize, const F: usize, const WIDE: bool>(
     tiles: &Tiles,
     t: usize,
     columns: [&[ActivationsK]; C],
@@ -226,7 +261,7 @@ unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
     let mut acc = [_mm512_setzero_ps(); C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
-        prefetch_side(tiles, format, tb);
+        prefetch_side(tiles, format, WIDE, tb);
         let sub_scales = tiles.sub_scales.as_ptr().add(tb * subs * TILE);
         let sub_scale = |s: usize| {
             let bytes = _mm_loadu_si128(sub_scales.add(s * TILE) as *const _);
@@ -238,7 +273,7 @@ unsafe fn pass_k_vnni_as<const C: usize, const F: usize>(
         };
         let mut sums = [_mm512_setzero_si512(); C];
         for unit in 0..format.units() {
-            let w = unit_vnni(tiles, format, tb, unit);
+            let w = unit_vnni(tiles, format, WIDE, tb, unit);
             // Low nibbles hold values 0..16 of the unit, high ones 16..32: Q6_K's two
             // sub-blocks.
             let (low_scale, high_scale) = if q6k {
@@ -423,7 +458,7 @@ pub unsafe fn pass_avx2<const C: usize>(
     let mut acc = [[_mm256_setzero_ps(); 2]; C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
-        prefetch_side(tiles, format, tb);
+        prefetch_side(tiles, format, false, tb);
         for half in 0..2 {
             let w = unit_avx2(tiles, tb, 0, half);
             let at = tb * TILE + half * 8;
@@ -490,7 +525,7 @@ pub unsafe fn pass_k_avx2<const C: usize>(
     let mut acc = [[_mm256_setzero_ps(); 2]; C];
     for b in 0..tiles.blocks {
         let tb = t * tiles.blocks + b;
-        prefetch_side(tiles, format, tb);
+        prefetch_side(tiles, format, false, tb);
         for half in 0..2 {
             let mut sums = [_mm256_setzero_si256(); C];
             let mut mins = [_mm256_setzero_si256(); C];

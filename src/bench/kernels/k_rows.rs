@@ -1,0 +1,430 @@
+//! Q5_K and Q6_K rows as the file stores them, against Q8_K activations: the generation
+//! kernels of [`super::InPlace`] for the K formats llama.cpp uses in place (it repacks only
+//! Q4_K here). Each super-block's values are unpacked in registers, multiplied with
+//! `maddubs` (6-bit weights times 8-bit activations fit its 16 bits), and scaled per
+//! sub-block with a 16-bit multiply-add; Q6_K's +32 and Q5_K's minimums come off once per
+//! super-block, through the activations' sums.
+
+use super::{ActivationsK, Format, Unpacked, BLOCK};
+use half::f16;
+
+/// The 8 six-bit scales and 8 minimums of a Q4_K/Q5_K super-block (its 12 bytes at 4), one
+/// byte each, as `scale_min_k4` takes them apart one at a time: the low 6 bits of bytes 0..4
+/// and 4..8, then the nibbles of bytes 8..12 with the top 2 bits of the first 8 above them.
+fn scales_and_mins(packed: &[u8]) -> (u64, u64) {
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            packed[4 * i],
+            packed[4 * i + 1],
+            packed[4 * i + 2],
+            packed[4 * i + 3],
+        ])
+    };
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let (six, four, two) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let scales_high = (w2 & four) | (((w0 >> 6) & two) << 4);
+    let mins_high = ((w2 >> 4) & four) | (((w1 >> 6) & two) << 4);
+    (
+        u64::from(w0 & six) | u64::from(scales_high) << 32,
+        u64::from(w1 & six) | u64::from(mins_high) << 32,
+    )
+}
+
+/// One row against `x`, with candle's arithmetic: Q6_K sums d · Σ sc · Σ (v − 32)·q per
+/// 16 values; Q5_K sums d · Σ sc · Σ v·q per 32 values, less dmin · Σ m · Σq.
+pub fn portable_dot(format: Format, row: &[u8], x: &[ActivationsK]) -> f32 {
+    row.chunks_exact(format.block_bytes())
+        .zip(x)
+        .map(|(block, a)| {
+            let u = Unpacked::new(format, block);
+            let d = f16::from_bits(u.scale).to_f32() * a.d;
+            let span = if format == Format::Q6K { 16 } else { BLOCK };
+            let bias = format.bias();
+            let sum: i32 = u
+                .values
+                .chunks_exact(span)
+                .zip(a.q.chunks_exact(span))
+                .zip(u.sub_scales)
+                .map(|((values, q), scale)| {
+                    let scale = if format == Format::Q6K {
+                        i32::from(scale as i8)
+                    } else {
+                        i32::from(scale)
+                    };
+                    let dot: i32 = values
+                        .iter()
+                        .zip(q)
+                        .map(|(&v, &q)| (i32::from(v) - bias) * i32::from(q))
+                        .sum();
+                    scale * dot
+                })
+                .sum();
+            let mins: i32 = u
+                .sub_mins
+                .iter()
+                .zip(a.unit_sums)
+                .map(|(&m, s)| i32::from(m) * i32::from(s))
+                .sum();
+            d * sum as f32 - f16::from_bits(u.min).to_f32() * a.d * mins as f32
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use super::super::{f16_bits, Tiles, SUPER_BLOCK, TILE};
+    use super::{scales_and_mins, ActivationsK, Format};
+    use std::arch::x86_64::*;
+
+    /// How far ahead of the super-block being read the row is fetched into cache: the
+    /// hardware prefetcher stops at each page.
+    const PREFETCH: usize = 4096;
+
+    /// For each of the 4 registers of a super-block's products (32 pair sums each), the
+    /// index of each lane's scale: Q6_K has one per 8 lanes (16 values), Q5_K one per 16.
+    const fn picks(lanes_per_scale: usize) -> [[i16; 32]; 4] {
+        let mut picks = [[0; 32]; 4];
+        let mut j = 0;
+        while j < 4 {
+            let mut lane = 0;
+            while lane < 32 {
+                picks[j][lane] = (j * (32 / lanes_per_scale) + lane / lanes_per_scale) as i16;
+                lane += 1;
+            }
+            j += 1;
+        }
+        picks
+    }
+
+    static Q6K_PICKS: [[i16; 32]; 4] = picks(8);
+    static Q5K_PICKS: [[i16; 32]; 4] = picks(16);
+
+    /// The f16 at `at` of a block.
+    #[inline(always)]
+    unsafe fn half(block: *const u8, at: usize) -> f32 {
+        let bits = (block.add(at) as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    #[inline(always)]
+    unsafe fn prefetch(block: *const u8, bytes: usize) {
+        for line in (0..bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH + line) as *const i8);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load(at: *const i8) -> __m512i {
+        _mm512_loadu_si512(at as *const _)
+    }
+
+    /// The 256 values of a Q6_K super-block (stored, +32), 64 a register: each 128 are 64
+    /// bytes of low nibbles and 32 of high bit pairs.
+    #[inline(always)]
+    unsafe fn q6k_values(b: *const u8) -> [__m512i; 4] {
+        let nibble = _mm512_set1_epi8(0x0f);
+        let pair = _mm512_set1_epi8(0x30);
+        // The second 32 values of each 64 take the next bit pair of the same high bytes.
+        let shifts = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+        let mut values = [_mm512_setzero_si512(); 4];
+        for n in 0..2 {
+            let low = load(b.add(64 * n) as *const i8);
+            let high = _mm512_srlv_epi16(
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i)),
+                shifts,
+            );
+            // (nibbles & 0x0f) | high pair: ternary logic 0xEA is (A & B) | C.
+            values[2 * n] = _mm512_ternarylogic_epi32::<0xEA>(
+                low,
+                nibble,
+                _mm512_and_si512(_mm512_slli_epi16::<4>(high), pair),
+            );
+            values[2 * n + 1] = _mm512_ternarylogic_epi32::<0xEA>(
+                _mm512_srli_epi16::<4>(low),
+                nibble,
+                _mm512_and_si512(high, pair),
+            );
+        }
+        values
+    }
+
+    /// [`super::portable_dot`] for Q6_K with AVX-512 VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_q6k_vnni(row: &[u8], x: &[ActivationsK]) -> f32 {
+        let picks = Q6K_PICKS.map(|p| _mm512_loadu_si512(p.as_ptr() as *const _));
+        let mut acc = _mm512_setzero_ps();
+        for (block, a) in row.chunks_exact(210).zip(x) {
+            let b = block.as_ptr();
+            prefetch(b, 210);
+            let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+            let wide_scales = _mm512_castsi256_si512(scales);
+            // −32 · Σ sc · Σq of each 16 values: the +32 every stored value carries.
+            let bias = _mm256_madd_epi16(
+                scales,
+                _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i),
+            );
+            let mut sums = _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(bias)),
+            );
+            for (j, values) in q6k_values(b).into_iter().enumerate() {
+                sums = _mm512_dpwssd_epi32(
+                    sums,
+                    _mm512_maddubs_epi16(values, load(a.q.as_ptr().add(64 * j))),
+                    _mm512_permutexvar_epi16(picks[j], wide_scales),
+                );
+            }
+            let d = _mm512_set1_ps(half(b, 208) * a.d);
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sums), acc);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// The high bits of `qh`, shifted so that the one unit pair `i` reads sits at bit 4.
+    #[inline(always)]
+    unsafe fn fifth_bits(qh: __m512i, i: usize) -> __m512i {
+        match i {
+            0 => _mm512_slli_epi16::<4>(qh),
+            1 => _mm512_slli_epi16::<2>(qh),
+            2 => qh,
+            _ => _mm512_srli_epi16::<2>(qh),
+        }
+    }
+
+    /// The 256 values of a Q5_K super-block, 64 a register: each 32 bytes of nibbles hold
+    /// 64 values, their fifth bits one bit pair of the 32 high bytes.
+    #[inline(always)]
+    unsafe fn q5k_values(b: *const u8) -> [__m512i; 4] {
+        let nibble = _mm512_set1_epi8(0x0f);
+        let fifth = _mm512_set1_epi8(0x10);
+        // Low nibbles (the first 32 values) in the lower half, high ones in the upper.
+        let nibble_shifts = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4));
+        let high_shifts = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(1));
+        let qh = _mm512_srlv_epi16(
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(16) as *const __m256i)),
+            high_shifts,
+        );
+        let mut values = [_mm512_setzero_si512(); 4];
+        for (i, values) in values.iter_mut().enumerate() {
+            let nibbles = _mm512_srlv_epi16(
+                _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(48 + 32 * i) as *const __m256i)),
+                nibble_shifts,
+            );
+            *values = _mm512_ternarylogic_epi32::<0xEA>(
+                nibbles,
+                nibble,
+                _mm512_and_si512(fifth_bits(qh, i), fifth),
+            );
+        }
+        values
+    }
+
+    /// [`super::portable_dot`] for Q5_K with AVX-512 VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot_q5k_vnni(row: &[u8], x: &[ActivationsK]) -> f32 {
+        let picks = Q5K_PICKS.map(|p| _mm512_loadu_si512(p.as_ptr() as *const _));
+        let mut acc = _mm512_setzero_ps();
+        let mut min_acc = _mm_setzero_ps();
+        for (block, a) in row.chunks_exact(176).zip(x) {
+            let b = block.as_ptr();
+            prefetch(b, 176);
+            let (scales, mins) = scales_and_mins(&block[4..16]);
+            let scales =
+                _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
+            let min_sums = _mm_madd_epi16(
+                _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64)),
+                _mm_loadu_si128(a.unit_sums.as_ptr() as *const __m128i),
+            );
+            min_acc = _mm_fmadd_ps(
+                _mm_set1_ps(half(b, 2) * a.d),
+                _mm_cvtepi32_ps(min_sums),
+                min_acc,
+            );
+            let mut sums = _mm512_setzero_si512();
+            for (i, values) in q5k_values(b).into_iter().enumerate() {
+                sums = _mm512_dpwssd_epi32(
+                    sums,
+                    _mm512_maddubs_epi16(values, load(a.q.as_ptr().add(64 * i))),
+                    _mm512_permutexvar_epi16(picks[i], scales),
+                );
+            }
+            let d = _mm512_set1_ps(half(b, 0) * a.d);
+            acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sums), acc);
+        }
+        let mut mins = [0f32; 4];
+        _mm_storeu_ps(mins.as_mut_ptr(), min_acc);
+        _mm512_reduce_add_ps(acc) - mins.iter().sum::<f32>()
+    }
+
+    /// Repacks `bytes`, the file's 16 rows of Q5_K or Q6_K super-blocks, into `tile`, a wide
+    /// one-tile matrix: each value a byte, 4 of each row side by side.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn repack_wide(tile: &mut Tiles, bytes: &[u8]) {
+        let format = tile.format;
+        let size = format.block_bytes();
+        let q6k = format == Format::Q6K;
+        let mut values = [0u8; SUPER_BLOCK];
+        for (r, row) in bytes
+            .chunks_exact(tile.blocks * size)
+            .enumerate()
+            .take(TILE)
+        {
+            for (b, block) in row.chunks_exact(size).enumerate() {
+                let at = block.as_ptr();
+                let registers = if q6k { q6k_values(at) } else { q5k_values(at) };
+                for (i, register) in registers.into_iter().enumerate() {
+                    _mm512_storeu_si512(values.as_mut_ptr().add(64 * i) as *mut _, register);
+                }
+                let quants = &mut tile.quants[b * TILE * SUPER_BLOCK..][..TILE * SUPER_BLOCK];
+                for (group, four) in values.chunks_exact(4).enumerate() {
+                    quants[(group * TILE + r) * 4..][..4].copy_from_slice(four);
+                }
+                let side = b * TILE + r;
+                if q6k {
+                    tile.scales[side] = f16_bits(block, 208);
+                    for (s, &scale) in block[192..208].iter().enumerate() {
+                        tile.sub_scales[(b * 16 + s) * TILE + r] = scale;
+                    }
+                } else {
+                    tile.scales[side] = f16_bits(block, 0);
+                    tile.mins[side] = f16_bits(block, 2);
+                    let (scales, mins) = scales_and_mins(&block[4..16]);
+                    let pairs = scales.to_le_bytes().into_iter().zip(mins.to_le_bytes());
+                    for (unit, (scale, min)) in pairs.enumerate() {
+                        tile.sub_scales[(b * 8 + unit) * TILE + r] = scale;
+                        tile.sub_mins[(b * 8 + unit) * TILE + r] = min;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `maddubs` of 32 unsigned values with 32 activations, each 16 products' pairs times
+    /// their scale: 8 sums.
+    #[inline(always)]
+    unsafe fn scaled(values: __m256i, q: *const i8, first: i16, second: i16) -> __m256i {
+        let products = _mm256_maddubs_epi16(values, _mm256_loadu_si256(q as *const __m256i));
+        let scales = _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first));
+        _mm256_madd_epi16(products, scales)
+    }
+
+    /// [`dot_q6k_vnni`] with AVX2, 32 values a register.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q6k(row: &[u8], x: &[ActivationsK]) -> f32 {
+        let nibble = _mm256_set1_epi8(0x0f);
+        let pair = _mm256_set1_epi8(0x03);
+        let mut acc = _mm256_setzero_ps();
+        for (block, a) in row.chunks_exact(210).zip(x) {
+            let b = block.as_ptr();
+            prefetch(b, 210);
+            let sc = |s: usize| i16::from(block[192 + s] as i8);
+            let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+            let bias = _mm256_madd_epi16(
+                scales,
+                _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i),
+            );
+            let mut sums = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(bias));
+            for n in 0..2 {
+                let first = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
+                let second = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
+                let high = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
+                let lows = [
+                    first,
+                    second,
+                    _mm256_srli_epi16::<4>(first),
+                    _mm256_srli_epi16::<4>(second),
+                ];
+                let highs = [
+                    high,
+                    _mm256_srli_epi16::<2>(high),
+                    _mm256_srli_epi16::<4>(high),
+                    _mm256_srli_epi16::<6>(high),
+                ];
+                for (j, (low, high)) in lows.into_iter().zip(highs).enumerate() {
+                    let values = _mm256_or_si256(
+                        _mm256_and_si256(low, nibble),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(high, pair)),
+                    );
+                    let s = 8 * n + 2 * j;
+                    let q = a.q.as_ptr().add(128 * n + 32 * j);
+                    sums = _mm256_add_epi32(sums, scaled(values, q, sc(s), sc(s + 1)));
+                }
+            }
+            let d = _mm256_set1_ps(half(b, 208) * a.d);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes.iter().sum()
+    }
+
+    /// [`dot_q5k_vnni`] with AVX2, 32 values a register.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q5k(row: &[u8], x: &[ActivationsK]) -> f32 {
+        let nibble = _mm256_set1_epi8(0x0f);
+        let bit = _mm256_set1_epi8(0x01);
+        let mut acc = _mm256_setzero_ps();
+        let mut extra = 0f32;
+        for (block, a) in row.chunks_exact(176).zip(x) {
+            let b = block.as_ptr();
+            prefetch(b, 176);
+            let (scales, mins) = scales_and_mins(&block[4..16]);
+            let (scales, mins) = (scales.to_le_bytes(), mins.to_le_bytes());
+            let min_sum: i32 = mins
+                .iter()
+                .zip(a.unit_sums)
+                .map(|(&m, s)| i32::from(m) * i32::from(s))
+                .sum();
+            extra -= half(b, 2) * a.d * min_sum as f32;
+            let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+            let mut sums = _mm256_setzero_si256();
+            for i in 0..4 {
+                let nibbles = _mm256_loadu_si256(b.add(48 + 32 * i) as *const __m256i);
+                for upper in 0..2 {
+                    let unit = 2 * i + upper;
+                    let low = _mm256_srl_epi16(nibbles, _mm_cvtsi32_si128(4 * upper as i32));
+                    let high = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(unit as i32));
+                    let values = _mm256_or_si256(
+                        _mm256_and_si256(low, nibble),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(high, bit)),
+                    );
+                    let scale = i16::from(scales[unit]);
+                    let q = a.q.as_ptr().add(32 * unit);
+                    sums = _mm256_add_epi32(sums, scaled(values, q, scale, scale));
+                }
+            }
+            let d = _mm256_set1_ps(half(b, 0) * a.d);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc);
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes.iter().sum::<f32>() + extra
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scale_min_k4;
+    use super::scales_and_mins;
+
+    #[test]
+    fn scales_and_mins_match_scale_min_k4() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200 {
+            let packed: Vec<u8> = (0..12)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            let (scales, mins) = scales_and_mins(&packed);
+            for j in 0..8 {
+                let (scale, min) = scale_min_k4(j, &packed);
+                assert_eq!(scales.to_le_bytes()[j], scale, "scale {j} of {packed:?}");
+                assert_eq!(mins.to_le_bytes()[j], min, "minimum {j} of {packed:?}");
+            }
+        }
+    }
+}
