@@ -362,6 +362,9 @@ impl Rope {
     }
 }
 
+/// Query rows a prompt's attention takes at a time (see [`SelfAttention::attend`]).
+const QUERY_CHUNK: usize = 128;
+
 /// One attention layer's head layout and KV cache: what llama and Gemma 3 share.
 pub struct SelfAttention {
     pub n_head: usize,
@@ -414,18 +417,33 @@ impl SelfAttention {
         // Each key-value head serves `group` query heads (heads are numbered kv-major): the
         // queries are grouped by it instead of the cache being copied `group` times.
         let group = self.n_head / self.n_kv_head;
-        let grouped = (b, self.n_kv_head, group * seq_len, self.head_dim);
-        let q = heads_first(q)?.reshape(grouped)?;
-        let softmax = super::ops::CausalSoftmax {
-            scale: 1.0 / (self.head_dim as f32).sqrt(),
-            seq_len,
-            pos,
-            window,
-        };
-        q.matmul(&k.t()?)?
-            .apply_op1_no_bwd(&softmax)?
-            .matmul(&v)?
-            .reshape((b, self.n_head, seq_len, self.head_dim))?
+        let q = heads_first(q)?;
+        // Queries in chunks, each against only the keys it can see: a prompt's scores are
+        // half masked, and a chunk skips the keys past its last query.
+        let mut chunks = Vec::with_capacity(seq_len.div_ceil(QUERY_CHUNK));
+        for start in (0..seq_len).step_by(QUERY_CHUNK) {
+            let len = QUERY_CHUNK.min(seq_len - start);
+            let keys = pos + start + len;
+            let q = q.narrow(2, start, len)?.contiguous()?.reshape((
+                b,
+                self.n_kv_head,
+                group * len,
+                self.head_dim,
+            ))?;
+            let softmax = super::ops::CausalSoftmax {
+                scale: 1.0 / (self.head_dim as f32).sqrt(),
+                seq_len: len,
+                pos: pos + start,
+                window,
+            };
+            let chunk = q
+                .matmul(&k.narrow(2, 0, keys)?.t()?)?
+                .apply_op1_no_bwd(&softmax)?
+                .matmul(&v.narrow(2, 0, keys)?)?
+                .reshape((b, self.n_head, len, self.head_dim))?;
+            chunks.push(chunk);
+        }
+        Tensor::cat(&chunks, 2)?
             .transpose(1, 2)?
             .reshape((b, seq_len, self.n_head * self.head_dim))
     }
@@ -445,4 +463,73 @@ pub fn metadata<'a>(
         .metadata
         .get(&format!("{arch}.{key}"))
         .ok_or_else(|| candle_core::Error::Msg(format!("cannot find {arch}.{key} in metadata")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// softmax(q·kᵀ/√d)·v one query and head at a time, for (positions, heads, dim) inputs.
+    fn reference(
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        (heads, kv_heads, dim): (usize, usize, usize),
+        positions: usize,
+        window: Option<usize>,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; positions * heads * dim];
+        for p in 0..positions {
+            for h in 0..heads {
+                let kv = h / (heads / kv_heads);
+                let query = &q[(p * heads + h) * dim..][..dim];
+                let first = window.map_or(0, |w| p.saturating_sub(w));
+                let scores: Vec<f32> = (first..=p)
+                    .map(|j| {
+                        let key = &k[(j * kv_heads + kv) * dim..][..dim];
+                        let dot: f32 = query.iter().zip(key).map(|(a, b)| a * b).sum();
+                        dot / (dim as f32).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f32 = weights.iter().sum();
+                for (j, w) in (first..=p).zip(&weights) {
+                    let value = &v[(j * kv_heads + kv) * dim..][..dim];
+                    for (o, x) in out[(p * heads + h) * dim..][..dim].iter_mut().zip(value) {
+                        *o += w / total * x;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_over_several_query_chunks_matches_masked_attention() -> Result<()> {
+        let (heads, kv_heads, dim) = (4, 2, 8);
+        // A prompt of more than two chunks, then a few tokens after it.
+        let (prompt, more) = (2 * QUERY_CHUNK + 44, 5);
+        let positions = prompt + more;
+        let random = |n: usize| Tensor::randn(0f32, 1.0, (1, positions, n, dim), &Device::Cpu);
+        let (q, k, v) = (random(heads)?, random(kv_heads)?, random(kv_heads)?);
+        for window in [None, Some(100)] {
+            let mut attention = SelfAttention::new(heads, kv_heads, dim, positions);
+            let mut outputs = Vec::new();
+            for (pos, len) in [(0, prompt), (prompt, more)] {
+                let part = |x: &Tensor| x.narrow(1, pos, len);
+                outputs.push(attention.attend(&part(&q)?, &part(&k)?, &part(&v)?, pos, window)?);
+            }
+            let ours: Vec<f32> = Tensor::cat(&outputs, 1)?.flatten_all()?.to_vec1()?;
+            let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+            let (q, k, v) = (flat(&q)?, flat(&k)?, flat(&v)?);
+            let expected = reference((&q, &k, &v), (heads, kv_heads, dim), positions, window);
+            let worst = ours
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "window {window:?}: off by {worst}");
+        }
+        Ok(())
+    }
 }
