@@ -145,16 +145,14 @@ impl Tensors {
         let Ok((rows, k)) = info.shape.dims2() else {
             return Ok(None);
         };
-        // Without x86 SIMD (a Pi) the K formats keep candle's kernels, which have NEON
-        // paths; fitbench's portable K loops are the reference its SIMD kernels are tested
-        // against.
-        let here = |format: Format| !format.is_k() || Kernel::best() != Kernel::Portable;
         let tiles: Arc<dyn Repacked> = match Format::of(info.ggml_dtype) {
-            Some(format) if InPlace::takes(format) && Tiles::fit(format, rows, k) => {
+            Some(format)
+                if InPlace::takes(format) && Tiles::fit(format, rows, k) && ours(format) =>
+            {
                 let (map, offset) = self.mapped(bytes);
                 Arc::new(InPlace::new(format, map, offset, rows, k)?)
             }
-            Some(format) if Tiles::fit(format, rows, k) && here(format) => {
+            Some(format) if Tiles::fit(format, rows, k) && ours(format) => {
                 Arc::new(Tiles::new_releasing(format, bytes, rows, k, &|done| {
                     self.release(done)
                 })?)
@@ -213,10 +211,18 @@ impl Tensors {
     }
 }
 
+/// Whether fitbench's kernels run `format` here. Without x86 SIMD (a Pi) the K formats keep
+/// candle's kernels, which have NEON paths; fitbench's portable K loops are the reference its
+/// SIMD kernels are tested against.
+fn ours(format: Format) -> bool {
+    !format.is_k() || Kernel::best() != Kernel::Portable
+}
+
 /// Types whose matrices the kernels use where they lie in the mapped file, as llama.cpp
-/// does (repacking them cost up to 20 times its load): f16, Q4_1, Q5_0, Q5_1 and Q8_0.
+/// does (repacking them cost up to 20 times its load): f16, Q4_1, Q5_0, Q5_1, Q8_0, Q5_K and
+/// Q6_K.
 fn used_in_place(dtype: GgmlDType) -> bool {
-    dtype == GgmlDType::F16 || Format::of(dtype).is_some_and(InPlace::takes)
+    dtype == GgmlDType::F16 || Format::of(dtype).is_some_and(|f| InPlace::takes(f) && ours(f))
 }
 
 /// A quantized weight matrix (out × in) applied to the last dimension of its input.
