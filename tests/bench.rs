@@ -399,11 +399,12 @@ fn smollm2_agrees_with_candle(path: &Path) -> anyhow::Result<()> {
     let mut ours = fitbench::bench::llama::Llama::from_gguf(&tensors, 64)?;
     let (content, mut file) = gguf(path)?;
     let mut reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
-    // Ordinary tokens from SmolLM2's vocabulary.
+    // Ordinary tokens from SmolLM2's vocabulary, 20 of them: prompts of 16 rows and more
+    // take other kernels than short ones (F16's AVX-512 panels).
     assert_agree(teacher_forced(
         |x, pos| ours.forward(x, pos),
         |x, pos| reference.forward(x, pos),
-        &[504, 3575, 282, 4649, 314],
+        &[504, 3575, 282, 4649, 314].repeat(4),
     )?);
     Ok(())
 }

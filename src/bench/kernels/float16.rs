@@ -16,6 +16,11 @@ const ROWS: usize = 4;
 /// Rows whose weights stay in cache while every activation row passes over them: 32 rows
 /// of 5632 f16 values are 352 KiB.
 const ROW_BLOCK: usize = 32;
+/// Weight rows an AVX-512 prompt step multiplies together (see [`HalfRows::panels`]): two
+/// registers.
+const PANEL_ROWS: usize = 32;
+/// Activation rows from which a product goes through panels.
+const PANELS_FROM: usize = 16;
 
 pub struct HalfRows {
     bytes: SharedBytes,
@@ -71,6 +76,46 @@ impl HalfRows {
     }
 }
 
+impl HalfRows {
+    /// x (m × k) times these rows, for prompts with AVX-512: each block of 32 rows converted
+    /// to f32 once, position-major (a panel: position i holds the 32 rows' values side by
+    /// side), then every 12 activation rows pass over it as a register-blocked outer product,
+    /// 24 multiply-adds per 2 loads and 12 broadcasts, with nothing to convert or reduce per
+    /// step (the 4 × 4 dot products of [`HalfRows::rows_pass`] convert 4 registers and
+    /// load 4 per 16 multiply-adds, and sum each result across lanes at the end).
+    #[cfg(target_arch = "x86_64")]
+    fn panels(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.rows, self.k);
+        let columns: Vec<&[f32]> = x.chunks_exact(k).collect();
+        let mut result = vec![0f32; m * n];
+        let out = result.as_mut_ptr() as usize;
+        in_chunks(n.div_ceil(PANEL_ROWS), 8, |blocks| {
+            let mut panel = vec![0f32; PANEL_ROWS * k];
+            for block in blocks {
+                let first = block * PANEL_ROWS;
+                let rows: Vec<&[u8]> = (first..n.min(first + PANEL_ROWS))
+                    .map(|r| self.row(r))
+                    .collect();
+                // SAFETY: `matmul_with` comes here only with AVX-512; the panel holds 32
+                // rows of k, every row has 2k bytes and every column k values, and this
+                // block's columns first..first + rows.len() of the result are written by
+                // no other block; `result` outlives the pool call.
+                unsafe {
+                    x86::fill_panel(&rows, k, &mut panel);
+                    x86::panel_pass(
+                        &panel,
+                        &columns,
+                        (out as *mut f32).add(first),
+                        n,
+                        rows.len(),
+                    );
+                }
+            }
+        });
+        result
+    }
+}
+
 /// Eight running sums per pair of rows, which vectorize.
 fn portable_rows<const C: usize>(w: [&[u8]; ROWS], x: [&[f32]; C]) -> [[f32; ROWS]; C] {
     let mut out = [[0f32; ROWS]; C];
@@ -108,6 +153,10 @@ impl Repacked for HalfRows {
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         check_input(x, m, self.k)?;
         let kernel = kernel.or_portable();
+        #[cfg(target_arch = "x86_64")]
+        if kernel == Kernel::Avx512Vnni && m >= PANELS_FROM {
+            return Ok(self.panels(x, m));
+        }
         let columns: Vec<&[f32]> = x.chunks_exact(self.k).collect();
         let n = self.rows;
         let mut result = vec![0f32; m * n];
@@ -169,7 +218,7 @@ impl Repacked for HalfRows {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::ROWS;
+    use super::{PANEL_ROWS, ROWS};
     use std::arch::x86_64::*;
 
     /// How far ahead of the row being read generation fetches weights into cache.
@@ -235,6 +284,91 @@ mod x86 {
             }
         }
         out
+    }
+
+    /// Converts `rows` (up to 32, of k f16 values) into `panel`, position-major: value i of
+    /// row r at 32i + r; missing rows are zeros.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn fill_panel(rows: &[&[u8]], k: usize, panel: &mut [f32]) {
+        let whole = k / 16 * 16;
+        let spread = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(PANEL_ROWS as i32),
+        );
+        for (r, row) in rows.iter().enumerate() {
+            for i in (0..whole).step_by(16) {
+                let values =
+                    _mm512_cvtph_ps(_mm256_loadu_si256(row.as_ptr().add(2 * i) as *const __m256i));
+                _mm512_i32scatter_ps::<4>(
+                    panel.as_mut_ptr().add(i * PANEL_ROWS + r) as *mut _,
+                    spread,
+                    values,
+                );
+            }
+            for i in whole..k {
+                panel[i * PANEL_ROWS + r] = scalar(row, i);
+            }
+        }
+        for r in rows.len()..PANEL_ROWS {
+            for i in 0..k {
+                panel[i * PANEL_ROWS + r] = 0.0;
+            }
+        }
+    }
+
+    /// Every activation row against a panel of `count` rows: writes out[c·n..][..count].
+    #[target_feature(enable = "avx512f,f16c,fma")]
+    pub unsafe fn panel_pass(
+        panel: &[f32],
+        columns: &[&[f32]],
+        out: *mut f32,
+        n: usize,
+        count: usize,
+    ) {
+        let mut done = 0;
+        while done < columns.len() {
+            let left = columns.len() - done;
+            let at = |c: usize| columns[done + c];
+            done += if left >= 12 {
+                panel_step::<12>(panel, std::array::from_fn(at), out.add(done * n), n, count)
+            } else if left >= 4 {
+                panel_step::<4>(panel, std::array::from_fn(at), out.add(done * n), n, count)
+            } else {
+                panel_step::<1>(panel, std::array::from_fn(at), out.add(done * n), n, count)
+            };
+        }
+    }
+
+    /// C activation rows against a panel: 2 × C accumulators, no reduction.
+    #[inline(always)]
+    unsafe fn panel_step<const C: usize>(
+        panel: &[f32],
+        x: [&[f32]; C],
+        out: *mut f32,
+        n: usize,
+        count: usize,
+    ) -> usize {
+        let mut low = [_mm512_setzero_ps(); C];
+        let mut high = [_mm512_setzero_ps(); C];
+        let k = panel.len() / PANEL_ROWS;
+        let p = panel.as_ptr();
+        for i in 0..k {
+            let w0 = _mm512_loadu_ps(p.add(i * PANEL_ROWS));
+            let w1 = _mm512_loadu_ps(p.add(i * PANEL_ROWS + 16));
+            for c in 0..C {
+                let a = _mm512_set1_ps(*x[c].get_unchecked(i));
+                low[c] = _mm512_fmadd_ps(w0, a, low[c]);
+                high[c] = _mm512_fmadd_ps(w1, a, high[c]);
+            }
+        }
+        // The panel's rows past `count` are padding, not written.
+        let mask = |rows: usize| ((1u32 << rows.min(16)) - 1) as u16;
+        let (low_mask, high_mask) = (mask(count), mask(count.saturating_sub(16)));
+        for c in 0..C {
+            _mm512_mask_storeu_ps(out.add(c * n), low_mask, low[c]);
+            _mm512_mask_storeu_ps(out.add(c * n + 16), high_mask, high[c]);
+        }
+        C
     }
 
     /// [`rows_avx512`] at 8 lanes, for up to 2 activation rows (16 registers).

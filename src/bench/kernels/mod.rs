@@ -1421,8 +1421,9 @@ mod tests {
 
     #[test]
     fn f16_rows_match_an_f32_matmul_of_the_same_weights() -> Result<()> {
-        // k not a multiple of 16 or 8: the SIMD loops' tails run too.
-        let (n, k) = (12, 203);
+        // k not a multiple of 16 or 8: the SIMD loops' tails run too; 44 rows are a whole
+        // AVX-512 prompt panel of 32 and a part of one.
+        let (n, k) = (44, 203);
         let weights =
             Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.to_dtype(candle_core::DType::F16)?;
         let mut bytes: Vec<u8> = vec![7; 6];
@@ -1437,11 +1438,11 @@ mod tests {
         let rows = HalfRows::new(bytes.clone(), 6, n, k)?;
         let weights = weights.to_dtype(candle_core::DType::F32)?;
         let mut row = vec![0f32; k];
-        for r in [0, 5, 11] {
+        for r in [0, 5, 43] {
             rows.dequantize_row(r, &mut row)?;
             assert_eq!(row, weights.get(r)?.to_vec1::<f32>()?, "row {r}");
         }
-        for m in [1, 2, 3, 5, 9] {
+        for m in [1, 2, 3, 5, 9, 17, 29] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
             let expected: Vec<f32> = x.matmul(&weights.t()?)?.flatten_all()?.to_vec1()?;
             let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
