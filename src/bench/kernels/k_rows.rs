@@ -148,6 +148,26 @@ pub mod x86 {
         values
     }
 
+    /// `sums` plus a super-block's values times its activations, each pair of products times
+    /// its lane's scale, which `picks` choose from `scales`.
+    #[inline(always)]
+    unsafe fn scaled_sums(
+        mut sums: __m512i,
+        values: [__m512i; 4],
+        a: &ActivationsK,
+        picks: &[__m512i; 4],
+        scales: __m512i,
+    ) -> __m512i {
+        for (j, values) in values.into_iter().enumerate() {
+            sums = _mm512_dpwssd_epi32(
+                sums,
+                _mm512_maddubs_epi16(values, load(a.q.as_ptr().add(64 * j))),
+                _mm512_permutexvar_epi16(picks[j], scales),
+            );
+        }
+        sums
+    }
+
     /// [`super::portable_dot`] for Q6_K with AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q6k_vnni(row: &[u8], x: &[ActivationsK]) -> f32 {
@@ -163,17 +183,16 @@ pub mod x86 {
                 scales,
                 _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i),
             );
-            let mut sums = _mm512_sub_epi32(
-                _mm512_setzero_si512(),
-                _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(bias)),
+            let sums = scaled_sums(
+                _mm512_sub_epi32(
+                    _mm512_setzero_si512(),
+                    _mm512_zextsi256_si512(_mm256_slli_epi32::<5>(bias)),
+                ),
+                q6k_values(b),
+                a,
+                &picks,
+                wide_scales,
             );
-            for (j, values) in q6k_values(b).into_iter().enumerate() {
-                sums = _mm512_dpwssd_epi32(
-                    sums,
-                    _mm512_maddubs_epi16(values, load(a.q.as_ptr().add(64 * j))),
-                    _mm512_permutexvar_epi16(picks[j], wide_scales),
-                );
-            }
             let d = _mm512_set1_ps(half(b, 208) * a.d);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sums), acc);
         }
@@ -240,14 +259,7 @@ pub mod x86 {
                 _mm_cvtepi32_ps(min_sums),
                 min_acc,
             );
-            let mut sums = _mm512_setzero_si512();
-            for (i, values) in q5k_values(b).into_iter().enumerate() {
-                sums = _mm512_dpwssd_epi32(
-                    sums,
-                    _mm512_maddubs_epi16(values, load(a.q.as_ptr().add(64 * i))),
-                    _mm512_permutexvar_epi16(picks[i], scales),
-                );
-            }
+            let sums = scaled_sums(_mm512_setzero_si512(), q5k_values(b), a, &picks, scales);
             let d = _mm512_set1_ps(half(b, 0) * a.d);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sums), acc);
         }
