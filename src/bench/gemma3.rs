@@ -57,8 +57,10 @@ impl Layer {
         let x = (self.post_attention_norm.forward(&attended)? + x)?;
         let normed = self.ffn_norm.forward(&x)?;
         // candle's reference gates with SiLU; kept so the two paths agree token for token.
-        let gated =
-            (candle_nn::ops::silu(&self.gate.forward(&normed)?)? * self.up.forward(&normed)?)?;
+        let gated = self
+            .gate
+            .forward(&normed)?
+            .apply_op2_no_bwd(&self.up.forward(&normed)?, &super::ops::SiluTimes)?;
         let mlp = self.down.forward(&gated)?;
         self.post_ffn_norm.forward(&mlp)? + x
     }

@@ -108,8 +108,10 @@ impl Llama {
             let attended = layer.attention(&layer.attention_norm.forward(&x)?, &self.rope, pos)?;
             let x1 = (attended + &x)?;
             let normed = layer.ffn_norm.forward(&x1)?;
-            let gated = (candle_nn::ops::silu(&layer.gate.forward(&normed)?)?
-                * layer.up.forward(&normed)?)?;
+            let gated = layer
+                .gate
+                .forward(&normed)?
+                .apply_op2_no_bwd(&layer.up.forward(&normed)?, &super::ops::SiluTimes)?;
             x = (layer.down.forward(&gated)? + x1)?;
         }
         let last = self.norm.forward(&x)?.i((.., seq_len - 1, ..))?;
