@@ -3,7 +3,8 @@
 //!
 //!     cargo bench --bench kernels            # CANDLE_NUM_THREADS sets the threads
 //!
-//! Prints the median of 20 runs for each, and the ratio. Then generation as it meets memory:
+//! Prints the median of 20 runs for each, and the ratio, for every SIMD kernel this CPU has
+//! (AVX2 beside AVX-512: what a desktop without AVX-512 runs). Then generation as it meets memory:
 //! m = 1 through 512 MiB of distinct matrices (far more than any cache), as GB/s and as a
 //! share of the box's read bandwidth (the same threads summing the same bytes).
 
@@ -26,7 +27,7 @@ const DTYPES: [GgmlDType; 9] = [
 ];
 
 /// The file bytes of an n × k matrix of `dtype`, held as the runner holds them: Q4_1, Q5_0,
-/// Q5_1, Q8_0 and f16 where they lie, the other formats repacked into tiles.
+/// Q5_1, Q8_0, Q5_K, Q6_K and f16 where they lie, Q4_0 and Q4_K repacked into tiles.
 fn ours(
     dtype: GgmlDType,
     bytes: Vec<u8>,
@@ -63,8 +64,12 @@ fn main() -> candle_core::Result<()> {
         return Ok(());
     }
     let (n, k) = (5632, 2048);
-    println!("fitbench kernel: {:?}", Kernel::best());
-    println!("| format | m | candle | fitbench | candle / fitbench |\n|---|---|---|---|---|");
+    let kernels: Vec<Kernel> = Kernel::available()
+        .into_iter()
+        .filter(|&k| k != Kernel::Portable)
+        .collect();
+    println!("| format | m | kernel | candle | fitbench | candle / fitbench |");
+    println!("|---|---|---|---|---|---|");
     for dtype in DTYPES {
         let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let quantized = QTensor::quantize(&weights, dtype)?;
@@ -76,15 +81,17 @@ fn main() -> candle_core::Result<()> {
             let theirs = median_seconds(|| {
                 candle.forward(&x).map(drop).unwrap_or(());
             });
-            let ours = median_seconds(|| {
-                let _ = std::hint::black_box(tiles.matmul(&values, m));
-            });
-            println!(
-                "| {dtype:?} | {m} | {:.2} ms | {:.2} ms | {:.2} |",
-                theirs * 1e3,
-                ours * 1e3,
-                theirs / ours
-            );
+            for &kernel in &kernels {
+                let ours = median_seconds(|| {
+                    let _ = std::hint::black_box(tiles.matmul_with(kernel, &values, m));
+                });
+                println!(
+                    "| {dtype:?} | {m} | {kernel:?} | {:.2} ms | {:.2} ms | {:.2} |",
+                    theirs * 1e3,
+                    ours * 1e3,
+                    theirs / ours
+                );
+            }
         }
     }
     streaming(n, k)

@@ -77,14 +77,15 @@ impl HalfRows {
 }
 
 impl HalfRows {
-    /// x (m × k) times these rows, for prompts with AVX-512: each block of 32 rows converted
-    /// to f32 once, position-major (a panel: position i holds the 32 rows' values side by
-    /// side), then every 12 activation rows pass over it as a register-blocked outer product,
-    /// 24 multiply-adds per 2 loads and 12 broadcasts, with nothing to convert or reduce per
-    /// step (the 4 × 4 dot products of [`HalfRows::rows_pass`] convert 4 registers and
-    /// load 4 per 16 multiply-adds, and sum each result across lanes at the end).
+    /// x (m × k) times these rows, for prompts: each block of 32 rows converted to f32 once,
+    /// position-major (a panel: position i holds the 32 rows' values side by side), then the
+    /// activation rows pass over it as a register-blocked outer product (AVX-512: 12 rows at
+    /// a time, 24 multiply-adds per 2 loads and 12 broadcasts; AVX2: 16 weight rows × 6),
+    /// with nothing to convert or reduce per step (the 4 × 4 dot products of
+    /// [`HalfRows::rows_pass`] convert 4 registers and load 4 per 16 multiply-adds, and sum
+    /// each result across lanes at the end).
     #[cfg(target_arch = "x86_64")]
-    fn panels(&self, x: &[f32], m: usize) -> Vec<f32> {
+    fn panels(&self, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.rows, self.k);
         let columns: Vec<&[f32]> = x.chunks_exact(k).collect();
         let mut result = vec![0f32; m * n];
@@ -96,19 +97,18 @@ impl HalfRows {
                 let rows: Vec<&[u8]> = (first..n.min(first + PANEL_ROWS))
                     .map(|r| self.row(r))
                     .collect();
-                // SAFETY: `matmul_with` comes here only with AVX-512; the panel holds 32
-                // rows of k, every row has 2k bytes and every column k values, and this
-                // block's columns first..first + rows.len() of the result are written by
-                // no other block; `result` outlives the pool call.
+                // SAFETY: `matmul_with` comes here only with a SIMD kernel this CPU has; the
+                // panel holds 32 rows of k, every row has 2k bytes and every column k
+                // values, and this block's columns first..first + rows.len() of the result
+                // are written by no other block; `result` outlives the pool call.
                 unsafe {
                     x86::fill_panel(&rows, k, &mut panel);
-                    x86::panel_pass(
-                        &panel,
-                        &columns,
-                        (out as *mut f32).add(first),
-                        n,
-                        rows.len(),
-                    );
+                    let out = (out as *mut f32).add(first);
+                    if kernel == Kernel::Avx512Vnni {
+                        x86::panel_pass(&panel, &columns, out, n, rows.len());
+                    } else {
+                        x86::panel_pass_avx2(&panel, &columns, out, n, rows.len());
+                    }
                 }
             }
         });
@@ -154,8 +154,8 @@ impl Repacked for HalfRows {
         check_input(x, m, self.k)?;
         let kernel = kernel.or_portable();
         #[cfg(target_arch = "x86_64")]
-        if kernel == Kernel::Avx512Vnni && m >= PANELS_FROM {
-            return Ok(self.panels(x, m));
+        if kernel != Kernel::Portable && m >= PANELS_FROM {
+            return Ok(self.panels(kernel, x, m));
         }
         let columns: Vec<&[f32]> = x.chunks_exact(self.k).collect();
         let n = self.rows;
@@ -288,22 +288,17 @@ mod x86 {
 
     /// Converts `rows` (up to 32, of k f16 values) into `panel`, position-major: value i of
     /// row r at 32i + r; missing rows are zeros.
-    #[target_feature(enable = "avx512f,f16c")]
+    #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn fill_panel(rows: &[&[u8]], k: usize, panel: &mut [f32]) {
-        let whole = k / 16 * 16;
-        let spread = _mm512_mullo_epi32(
-            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-            _mm512_set1_epi32(PANEL_ROWS as i32),
-        );
+        let whole = k / 8 * 8;
+        let mut values = [0f32; 8];
         for (r, row) in rows.iter().enumerate() {
-            for i in (0..whole).step_by(16) {
-                let values =
-                    _mm512_cvtph_ps(_mm256_loadu_si256(row.as_ptr().add(2 * i) as *const __m256i));
-                _mm512_i32scatter_ps::<4>(
-                    panel.as_mut_ptr().add(i * PANEL_ROWS + r) as *mut _,
-                    spread,
-                    values,
-                );
+            for i in (0..whole).step_by(8) {
+                let halves = _mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i);
+                _mm256_storeu_ps(values.as_mut_ptr(), _mm256_cvtph_ps(halves));
+                for (j, &v) in values.iter().enumerate() {
+                    panel[(i + j) * PANEL_ROWS + r] = v;
+                }
             }
             for i in whole..k {
                 panel[i * PANEL_ROWS + r] = scalar(row, i);
@@ -367,6 +362,68 @@ mod x86 {
         for c in 0..C {
             _mm512_mask_storeu_ps(out.add(c * n), low_mask, low[c]);
             _mm512_mask_storeu_ps(out.add(c * n + 16), high_mask, high[c]);
+        }
+        C
+    }
+
+    /// [`panel_pass`] with AVX2: each half of the panel (16 rows, 2 registers) against 6
+    /// activation rows at a time, 12 accumulators.
+    #[target_feature(enable = "avx2,f16c,fma")]
+    pub unsafe fn panel_pass_avx2(
+        panel: &[f32],
+        columns: &[&[f32]],
+        out: *mut f32,
+        n: usize,
+        count: usize,
+    ) {
+        for half in 0..2 {
+            let rows = count.saturating_sub(16 * half).min(16);
+            if rows == 0 {
+                break;
+            }
+            let out = out.add(16 * half);
+            let mut done = 0;
+            while done < columns.len() {
+                let at = |c: usize| columns[done + c];
+                let out = out.add(done * n);
+                done += if columns.len() - done >= 6 {
+                    panel_step_avx2::<6>(panel, half, std::array::from_fn(at), out, n, rows)
+                } else {
+                    panel_step_avx2::<1>(panel, half, std::array::from_fn(at), out, n, rows)
+                };
+            }
+        }
+    }
+
+    /// C activation rows against half a panel: 2 × C accumulators of 8 rows.
+    #[inline(always)]
+    unsafe fn panel_step_avx2<const C: usize>(
+        panel: &[f32],
+        half: usize,
+        x: [&[f32]; C],
+        out: *mut f32,
+        n: usize,
+        rows: usize,
+    ) -> usize {
+        let mut low = [_mm256_setzero_ps(); C];
+        let mut high = [_mm256_setzero_ps(); C];
+        let k = panel.len() / PANEL_ROWS;
+        let p = panel.as_ptr().add(16 * half);
+        for i in 0..k {
+            let w0 = _mm256_loadu_ps(p.add(i * PANEL_ROWS));
+            let w1 = _mm256_loadu_ps(p.add(i * PANEL_ROWS + 8));
+            for c in 0..C {
+                let a = _mm256_set1_ps(*x[c].get_unchecked(i));
+                low[c] = _mm256_fmadd_ps(w0, a, low[c]);
+                high[c] = _mm256_fmadd_ps(w1, a, high[c]);
+            }
+        }
+        let mut values = [0f32; 16];
+        for c in 0..C {
+            _mm256_storeu_ps(values.as_mut_ptr(), low[c]);
+            _mm256_storeu_ps(values.as_mut_ptr().add(8), high[c]);
+            // The panel's rows past `rows` are padding, not written.
+            std::ptr::copy_nonoverlapping(values.as_ptr(), out.add(c * n), rows);
         }
         C
     }

@@ -182,11 +182,9 @@ fn portable_dot(format: Format, row: &[u8], x: &[Activations]) -> f32 {
         .sum()
 }
 
-/// The matrix's tiles, each repacked as its thread reaches it for `kernel`, with quantized
-/// activations.
+/// The matrix's tiles, each repacked as its thread reaches it, with quantized activations.
 struct OnTheFly<'a, A> {
     matrix: &'a InPlace,
-    kernel: Kernel,
     activations: std::marker::PhantomData<A>,
 }
 
@@ -197,7 +195,7 @@ impl<A: Columns> TilePass for OnTheFly<'_, A> {
     fn prepare(&self, t: usize, scratch: &mut Option<Tiles>) {
         let matrix = self.matrix;
         scratch
-            .get_or_insert_with(|| Tiles::one_tile(matrix.format, matrix.k, self.kernel))
+            .get_or_insert_with(|| Tiles::one_tile(matrix.format, matrix.k))
             .repack_tile(matrix.rows_at(t * TILE, TILE));
     }
 
@@ -222,7 +220,6 @@ impl InPlace {
         let rows: Vec<&[A]> = x.chunks_exact(self.k / A::VALUES).collect();
         let pass = OnTheFly {
             matrix: self,
-            kernel,
             activations: std::marker::PhantomData,
         };
         run_tiles(&pass, kernel, self.rows, &rows)
@@ -283,7 +280,8 @@ impl Repacked for InPlace {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{half_at, stored_bias, Activations, Format};
+    use super::super::x86::half_at;
+    use super::{stored_bias, Activations, Format};
     use std::arch::x86_64::*;
 
     /// How far ahead of the row being read its blocks are fetched into cache: the hardware
@@ -357,37 +355,41 @@ mod x86 {
     }
 
     /// [`super::portable_dot`] with AVX2, a block at a time: unsigned values times the
-    /// activations (`maddubs`), pairs summed to 32 bits, each block's 8 sums scaled in float;
-    /// the stored bias and the minimum added per block.
+    /// activations (`maddubs`), pairs summed to 32 bits, the stored bias taken out in the
+    /// first lane, each block's 8 sums scaled in float; a minimum's term spread over the 8
+    /// lanes. Nothing is summed across lanes until the row's end.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(format: Format, row: &[u8], x: &[Activations]) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let bias = stored_bias(format);
         let mut acc = [_mm256_setzero_ps(); 2];
-        let mut extra = 0f32;
         for (b, (block, a)) in row.chunks_exact(format.block_bytes()).zip(x).enumerate() {
-            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH) as *const i8);
+            let at = block.as_ptr();
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH) as *const i8);
             let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
             // 255 × 127 × 2 would saturate 16 bits: Q8_0 multiplies |w| by q with w's sign.
             let products = if format == Format::Q8_0 {
-                let w = _mm256_loadu_si256(block.as_ptr().add(2) as *const __m256i);
+                let w = _mm256_loadu_si256(at.add(2) as *const __m256i);
                 _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w))
             } else {
-                _mm256_maddubs_epi16(unsigned_values(format, block.as_ptr()), q)
+                _mm256_maddubs_epi16(unsigned_values(format, at), q)
             };
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-            let d = half_at(block, 0) * a.d;
-            acc[b % 2] = _mm256_fmadd_ps(_mm256_set1_ps(d), sums, acc[b % 2]);
-            if format != Format::Q8_0 {
-                extra -= (bias * a.sum) as f32 * d;
+            let mut sums = _mm256_madd_epi16(products, ones);
+            if format != Format::Q8_0 && bias != 0 {
+                let offset = _mm_cvtsi32_si128(-bias * a.sum);
+                sums = _mm256_add_epi32(sums, _mm256_set_m128i(_mm_setzero_si128(), offset));
             }
+            let d = _mm256_set1_ps(half_at(at, 0) * a.d);
+            let acc = &mut acc[b % 2];
+            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), *acc);
             if format.has_min() {
-                extra += half_at(block, 2) * a.s;
+                let min = _mm256_set1_ps(half_at(at, 2));
+                *acc = _mm256_fmadd_ps(min, _mm256_set1_ps(a.s / 8.0), *acc);
             }
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
-        lanes.iter().sum::<f32>() + extra
+        lanes.iter().sum()
     }
 
     /// [`super::portable_dot`] two blocks at a time with AVX-512 VNNI, compiled for

@@ -72,6 +72,7 @@ pub fn portable_dot(format: Format, row: &[u8], x: &[ActivationsK]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
+    use super::super::x86::half_at as half;
     use super::super::{f16_bits, Tiles, SUPER_BLOCK, TILE};
     use super::{scales_and_mins, ActivationsK, Format};
     use std::arch::x86_64::*;
@@ -98,13 +99,6 @@ pub mod x86 {
 
     static Q6K_PICKS: [[i16; 32]; 4] = picks(8);
     static Q5K_PICKS: [[i16; 32]; 4] = picks(16);
-
-    /// The f16 at `at` of a block.
-    #[inline(always)]
-    unsafe fn half(block: *const u8, at: usize) -> f32 {
-        let bits = (block.add(at) as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
 
     #[inline(always)]
     unsafe fn prefetch(block: *const u8, bytes: usize) {

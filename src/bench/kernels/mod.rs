@@ -579,11 +579,27 @@ impl<'a> Part<'a> {
         }
     }
 
+    /// A K-format super-block's scales and minimums, for row r of tile-block tb.
+    fn pack_side(&mut self, format: Format, tb: usize, r: usize, u: &Unpacked) {
+        let (units, subs) = (format.units(), format.sub_blocks());
+        self.scales[tb * TILE + r] = u.scale;
+        if format.has_min() {
+            self.mins[tb * TILE + r] = u.min;
+        }
+        for s in 0..subs {
+            self.sub_scales[(tb * subs + s) * TILE + r] = u.sub_scales[s];
+        }
+        if !self.sub_mins.is_empty() {
+            for unit in 0..units {
+                self.sub_mins[(tb * units + unit) * TILE + r] = u.sub_mins[unit];
+            }
+        }
+    }
+
     /// Repacks `bytes`, the file's rows from row `first` (of these tiles) on.
     fn pack_rows(&mut self, format: Format, blocks: usize, first: usize, bytes: &[u8]) {
         let (quant_bytes, units, planes) =
             (format.quant_bytes(), format.units(), format.high_planes());
-        let subs = format.sub_blocks();
         let block_bytes = format.block_bytes();
         for (row, row_bytes) in bytes.chunks_exact(blocks * block_bytes).enumerate() {
             let row = first + row;
@@ -595,18 +611,7 @@ impl<'a> Part<'a> {
                     continue;
                 }
                 let u = Unpacked::new(format, block);
-                self.scales[tb * TILE + r] = u.scale;
-                if format.has_min() {
-                    self.mins[tb * TILE + r] = u.min;
-                }
-                for s in 0..subs {
-                    self.sub_scales[(tb * subs + s) * TILE + r] = u.sub_scales[s];
-                }
-                if !self.sub_mins.is_empty() {
-                    for unit in 0..units {
-                        self.sub_mins[(tb * units + unit) * TILE + r] = u.sub_mins[unit];
-                    }
-                }
+                self.pack_side(format, tb, r, &u);
                 let quants = &mut self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
                 for unit in 0..units {
                     let values = &u.values[unit * BLOCK..][..BLOCK];
@@ -777,10 +782,10 @@ impl Tiles {
     }
 
     /// A matrix of one tile's arrays, for [`Tiles::repack_tile`] to fill: wide (see
-    /// [`Tiles::wide`]) for Q5_K and Q6_K where AVX-512 VNNI runs it.
-    fn one_tile(format: Format, k: usize, kernel: Kernel) -> Tiles {
+    /// [`Tiles::wide`]) for Q5_K and Q6_K.
+    fn one_tile(format: Format, k: usize) -> Tiles {
         let blocks = k / format.block_values();
-        let wide = kernel == Kernel::Avx512Vnni && matches!(format, Format::Q5K | Format::Q6K);
+        let wide = matches!(format, Format::Q5K | Format::Q6K);
         let lengths = Lengths::per_tile(format, blocks, wide);
         Tiles {
             format,
@@ -800,21 +805,38 @@ impl Tiles {
     /// Repacks `bytes`, the file's 16 rows, into this one-tile matrix.
     fn repack_tile(&mut self, bytes: &[u8]) {
         #[cfg(target_arch = "x86_64")]
-        if self.wide {
-            // SAFETY: only AVX-512 VNNI makes wide tiles (`one_tile`); `bytes` is whole
-            // super-blocks, and the arrays hold one tile of them.
+        if self.wide && Kernel::Avx512Vnni.supported() {
+            // SAFETY: this CPU has AVX-512; `bytes` is 16 rows of whole super-blocks, and
+            // the arrays hold one tile of them.
             return unsafe { k_rows::x86::repack_wide(self, bytes) };
         }
         self.high.fill(0);
-        let part = Arrays {
-            quants: &mut self.quants[..],
+        let (format, blocks, wide) = (self.format, self.blocks, self.wide);
+        let quants = &mut self.quants[..];
+        let mut part = Arrays {
+            quants: &mut [][..],
             high: &mut self.high[..],
             scales: &mut self.scales[..],
             mins: &mut self.mins[..],
             sub_scales: &mut self.sub_scales[..],
             sub_mins: &mut self.sub_mins[..],
         };
-        part.pack(self.format, self.blocks, bytes, &|_| {});
+        if !wide {
+            part.quants = quants;
+            return part.pack(format, blocks, bytes, &|_| {});
+        }
+        // Whole values, 4 of each row side by side; the scales as the tiles keep them.
+        let size = format.block_bytes();
+        for (r, row) in bytes.chunks_exact(blocks * size).enumerate().take(TILE) {
+            for (b, block) in row.chunks_exact(size).enumerate() {
+                let u = Unpacked::new(format, block);
+                let quants = &mut quants[b * TILE * SUPER_BLOCK..][..TILE * SUPER_BLOCK];
+                for (group, four) in u.values.chunks_exact(4).enumerate() {
+                    quants[(group * TILE + r) * 4..][..4].copy_from_slice(four);
+                }
+                part.pack_side(format, b, r, &u);
+            }
+        }
     }
 }
 

@@ -374,6 +374,14 @@ unsafe fn pass_k_vnni_as<const C: usize, const F: usize, const WIDE: bool>(
     out
 }
 
+/// The f16 at `at` of `block`, converted with F16C (the `half` crate's conversion is a call
+/// per value).
+#[inline(always)]
+pub(super) unsafe fn half_at(block: *const u8, at: usize) -> f32 {
+    let bits = (block.add(at) as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
 /// `bit` in byte j where bit j of `bits` is set.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn spread_bits(bits: u32, bit: i8) -> __m256i {
@@ -398,12 +406,22 @@ pub(super) unsafe fn spread_bits(bits: u32, bit: i8) -> __m256i {
 #[inline]
 unsafe fn unit_avx2(tiles: &Tiles, tb: usize, unit: usize, half: usize) -> [__m256i; GROUPS] {
     let format = tiles.format;
+    let mut w = [_mm256_setzero_si256(); GROUPS];
+    if tiles.wide {
+        let base = tiles
+            .quants
+            .as_ptr()
+            .add((tb * format.units() + unit) * TILE * BLOCK + half * 32);
+        for (g, w) in w.iter_mut().enumerate() {
+            *w = _mm256_loadu_si256(base.add(g * 64) as *const __m256i);
+        }
+        return w;
+    }
     let quant_bytes = format.quant_bytes();
     let base = tiles
         .quants
         .as_ptr()
         .add(tb * TILE * quant_bytes + unit * TILE * BLOCK / 2 + half * 32);
-    let mut w = [_mm256_setzero_si256(); GROUPS];
     if format == Format::Q8_0 {
         for (g, w) in w.iter_mut().enumerate() {
             *w = _mm256_loadu_si256(base.add(g * 64) as *const __m256i);
