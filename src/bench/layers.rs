@@ -2,9 +2,11 @@
 //! where candle's are scalar, an embedding that stays quantized, and RoPE tables sized to
 //! the run instead of the model's maximum context.
 
-use super::kernels::{Format, HalfRows, InPlace, Kernel, Repacked, SharedBytes, Tiles};
+use super::kernels::{
+    Format, HalfRows, InPlace, Kernel, Panel, Repacked, SharedBytes, Tiles, PANEL_ROWS,
+};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{CpuStorage, Device, Layout, Module, Result, Storage, Tensor};
 use candle_nn::kv_cache::KvCache;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -370,6 +372,51 @@ impl Rope {
 
 /// Query rows a prompt's attention takes at a time (see [`SelfAttention::attend`]).
 const QUERY_CHUNK: usize = 128;
+/// Query rows from which attention runs on fitbench's panel kernels.
+const PANEL_QUERIES: usize = 16;
+
+/// The f32 values of a contiguous CPU tensor's storage.
+fn f32_values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("attention takes contiguous f32 values on the CPU"),
+    }
+}
+
+/// A (batch, heads, positions, dim) f32 CPU tensor read through its strides (the KV cache
+/// is a view of a larger buffer), dim contiguous.
+struct Strided<'a> {
+    values: &'a [f32],
+    strides: [usize; 3],
+}
+
+impl<'a> Strided<'a> {
+    fn new(storage: &'a Storage, layout: &Layout) -> Result<Strided<'a>> {
+        let (Storage::Cpu(CpuStorage::F32(values)), [s0, s1, s2, 1]) = (storage, layout.stride())
+        else {
+            candle_core::bail!("attention takes f32 keys and values on the CPU, dim contiguous");
+        };
+        let dims = layout.dims();
+        let last = layout.start_offset()
+            + dims
+                .iter()
+                .zip(layout.stride())
+                .map(|(d, s)| d.saturating_sub(1) * s)
+                .sum::<usize>();
+        if dims.len() != 4 || dims.contains(&0) || last >= values.len() {
+            candle_core::bail!("keys and values of shape {dims:?} do not fit their storage");
+        }
+        Ok(Strided {
+            values: &values[layout.start_offset()..],
+            strides: [*s0, *s1, *s2],
+        })
+    }
+
+    fn get(&self, batch: usize, head: usize, position: usize, i: usize) -> f32 {
+        let [s0, s1, s2] = self.strides;
+        self.values[batch * s0 + head * s1 + position * s2 + i]
+    }
+}
 
 /// One attention layer's head layout and KV cache: what llama and Gemma 3 share.
 pub struct SelfAttention {
@@ -414,16 +461,33 @@ impl SelfAttention {
         pos: usize,
         window: Option<usize>,
     ) -> Result<Tensor> {
+        self.attend_with(Kernel::best(), q, k, v, pos, window)
+    }
+
+    /// [`SelfAttention::attend`] with `kernel` for prompts' panels: the portable one keeps
+    /// candle's matmuls.
+    fn attend_with(
+        &mut self,
+        kernel: Kernel,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
         let (b, seq_len, _, _) = q.dims4()?;
         if pos == 0 {
             self.kv_cache.reset();
         }
         let heads_first = |x: &Tensor| x.transpose(1, 2)?.contiguous();
         let (k, v) = self.kv_cache.append(&heads_first(k)?, &heads_first(v)?)?;
+        let q = heads_first(q)?;
+        if kernel != Kernel::Portable && seq_len >= PANEL_QUERIES && q.device().is_cpu() {
+            return self.attend_in_panels(kernel, &q, &k, &v, pos, window);
+        }
         // Each key-value head serves `group` query heads (heads are numbered kv-major): the
         // queries are grouped by it instead of the cache being copied `group` times.
         let group = self.n_head / self.n_kv_head;
-        let q = heads_first(q)?;
         // Queries in chunks, each against only the keys it can see: a prompt's scores are
         // half masked, and a chunk skips the keys past its last query.
         let mut chunks = Vec::with_capacity(seq_len.div_ceil(QUERY_CHUNK));
@@ -452,6 +516,100 @@ impl SelfAttention {
         Tensor::cat(&chunks, 2)?
             .transpose(1, 2)?
             .reshape((b, seq_len, self.n_head * self.head_dim))
+    }
+
+    /// Prompt attention on fitbench's panel kernels, one (batch, key-value head, query
+    /// chunk) at a time across candle's pool: the chunk's scores against panels of 32 keys,
+    /// the causal softmax, then its heads' outputs against panels of 32 value dimensions,
+    /// written straight into the (batch, seq, width) result. candle's matmuls ran these on
+    /// rayon's threads with AVX2 only, while candle's own pool spun beside them.
+    fn attend_in_panels(
+        &self,
+        kernel: Kernel,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let (b, n_head, seq_len, dim) = q.dims4()?;
+        let (group, kv_heads) = (n_head / self.n_kv_head, self.n_kv_head);
+        let width = n_head * dim;
+        let scale = 1.0 / (dim as f32).sqrt();
+        let (q_storage, q_layout) = q.storage_and_layout();
+        let (k_storage, k_layout) = k.storage_and_layout();
+        let (v_storage, v_layout) = v.storage_and_layout();
+        let queries = f32_values(&q_storage, q_layout)?;
+        let (keys_at, values_at) = (
+            Strided::new(&k_storage, k_layout)?,
+            Strided::new(&v_storage, v_layout)?,
+        );
+        let chunks = seq_len.div_ceil(QUERY_CHUNK);
+        let mut result = vec![0f32; b * seq_len * width];
+        let out = result.as_mut_ptr() as usize;
+        let failure = std::sync::Mutex::new(None);
+        let attend_chunk = |item: usize| -> Result<()> {
+            let (batch, kv, chunk) = (
+                item / (kv_heads * chunks),
+                item / chunks % kv_heads,
+                item % chunks,
+            );
+            let start = chunk * QUERY_CHUNK;
+            let len = QUERY_CHUNK.min(seq_len - start);
+            let keys = pos + start + len;
+            let rows: Vec<&[f32]> = (0..group * len)
+                .map(|row| {
+                    let head = kv * group + row / len;
+                    &queries[((batch * n_head + head) * seq_len + start + row % len) * dim..][..dim]
+                })
+                .collect();
+            let mut scores = vec![0f32; rows.len() * keys];
+            let mut panel = Panel::new(dim);
+            for first in (0..keys).step_by(PANEL_ROWS) {
+                panel.fill_with(keys - first, |r, i| keys_at.get(batch, kv, first + r, i));
+                // SAFETY: the scores are rows.len() × keys; the panel writes keys
+                // first..first + 32 of each row.
+                unsafe { panel.multiply(kernel, &rows, scores.as_mut_ptr().add(first), keys)? };
+            }
+            let mut weights = vec![0f32; scores.len()];
+            for (row, (scores, weights)) in scores
+                .chunks_exact(keys)
+                .zip(weights.chunks_exact_mut(keys))
+                .enumerate()
+            {
+                let last = pos + start + row % len;
+                let first = window.map_or(0, |w| last.saturating_sub(w));
+                super::ops::softmax(scale, &scores[first..=last], &mut weights[first..=last]);
+            }
+            let weights: Vec<&[f32]> = weights.chunks_exact(keys).collect();
+            let mut panel = Panel::new(keys);
+            for first in (0..dim).step_by(PANEL_ROWS) {
+                panel.fill_with(dim - first, |r, i| values_at.get(batch, kv, i, first + r));
+                for (g, weights) in weights.chunks_exact(len).enumerate() {
+                    let head = kv * group + g;
+                    let at = ((batch * seq_len + start) * n_head + head) * dim + first;
+                    // SAFETY: this chunk's queries of `head` are result rows start..start +
+                    // len (`width` apart), of which the panel writes values at..at + 32 of
+                    // `head`'s dim; no other item writes them, and `result` outlives the
+                    // pool call.
+                    unsafe { panel.multiply(kernel, weights, (out as *mut f32).add(at), width)? };
+                }
+            }
+            Ok(())
+        };
+        candle_core::utils::barrier_pool().execute_chunked(b * kv_heads * chunks, |items| {
+            for item in items {
+                if let Err(error) = attend_chunk(item) {
+                    if let Ok(mut failure) = failure.lock() {
+                        *failure = Some(error);
+                    }
+                }
+            }
+        });
+        if let Ok(Some(error)) = failure.into_inner() {
+            return Err(error);
+        }
+        Tensor::from_vec(result, (b, seq_len, width), q.device())
     }
 
     pub fn clear(&mut self) {
@@ -518,12 +676,17 @@ mod tests {
         let positions = prompt + more;
         let random = |n: usize| Tensor::randn(0f32, 1.0, (1, positions, n, dim), &Device::Cpu);
         let (q, k, v) = (random(heads)?, random(kv_heads)?, random(kv_heads)?);
-        for window in [None, Some(100)] {
+        // The portable kernel keeps candle's matmuls; the best one here takes panels.
+        for (window, kernel) in [None, Some(100)]
+            .into_iter()
+            .flat_map(|w| [(w, Kernel::Portable), (w, Kernel::best())])
+        {
             let mut attention = SelfAttention::new(heads, kv_heads, dim, positions);
             let mut outputs = Vec::new();
             for (pos, len) in [(0, prompt), (prompt, more)] {
                 let part = |x: &Tensor| x.narrow(1, pos, len);
-                outputs.push(attention.attend(&part(&q)?, &part(&k)?, &part(&v)?, pos, window)?);
+                let (q, k, v) = (part(&q)?, part(&k)?, part(&v)?);
+                outputs.push(attention.attend_with(kernel, &q, &k, &v, pos, window)?);
             }
             let ours: Vec<f32> = Tensor::cat(&outputs, 1)?.flatten_all()?.to_vec1()?;
             let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
@@ -534,7 +697,10 @@ mod tests {
                 .zip(&expected)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(worst < 1e-4, "window {window:?}: off by {worst}");
+            assert!(
+                worst < 1e-4,
+                "window {window:?}, {kernel:?}: off by {worst}"
+            );
         }
         Ok(())
     }

@@ -200,7 +200,7 @@ fn lanes(values: &[f32], start: f32, f: impl Fn(f32, f32) -> f32) -> [f32; 8] {
     lanes
 }
 
-fn softmax(scale: f32, scores: &[f32], out: &mut [f32]) {
+pub(super) fn softmax(scale: f32, scores: &[f32], out: &mut [f32]) {
     let max = lanes(scores, f32::NEG_INFINITY, f32::max)
         .into_iter()
         .fold(f32::NEG_INFINITY, f32::max)

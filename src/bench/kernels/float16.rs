@@ -3,6 +3,7 @@
 //! memory; repacking them cost a load 20 times llama.cpp's). Each kernel step converts 16
 //! positions of 4 rows once (F16C) and multiplies them with up to 4 activation rows.
 
+use super::panel::{Panel, PANEL_ROWS};
 use super::{check_input, in_chunks, Kernel, Repacked};
 use candle_core::Result;
 use half::f16;
@@ -16,9 +17,6 @@ const ROWS: usize = 4;
 /// Rows whose weights stay in cache while every activation row passes over them: 32 rows
 /// of 5632 f16 values are 352 KiB.
 const ROW_BLOCK: usize = 32;
-/// Weight rows an AVX-512 prompt step multiplies together (see [`HalfRows::panels`]): two
-/// registers.
-const PANEL_ROWS: usize = 32;
 /// Activation rows from which a product goes through panels.
 const PANELS_FROM: usize = 16;
 
@@ -85,34 +83,36 @@ impl HalfRows {
     /// [`HalfRows::rows_pass`] convert 4 registers and load 4 per 16 multiply-adds, and sum
     /// each result across lanes at the end).
     #[cfg(target_arch = "x86_64")]
-    fn panels(&self, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
+    fn panels(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let (n, k) = (self.rows, self.k);
         let columns: Vec<&[f32]> = x.chunks_exact(k).collect();
         let mut result = vec![0f32; m * n];
         let out = result.as_mut_ptr() as usize;
+        let failure = std::sync::Mutex::new(None);
         in_chunks(n.div_ceil(PANEL_ROWS), 8, |blocks| {
-            let mut panel = vec![0f32; PANEL_ROWS * k];
+            let mut panel = Panel::new(k);
             for block in blocks {
                 let first = block * PANEL_ROWS;
                 let rows: Vec<&[u8]> = (first..n.min(first + PANEL_ROWS))
                     .map(|r| self.row(r))
                     .collect();
-                // SAFETY: `matmul_with` comes here only with a SIMD kernel this CPU has; the
-                // panel holds 32 rows of k, every row has 2k bytes and every column k
-                // values, and this block's columns first..first + rows.len() of the result
-                // are written by no other block; `result` outlives the pool call.
-                unsafe {
-                    x86::fill_panel(&rows, k, &mut panel);
-                    let out = (out as *mut f32).add(first);
-                    if kernel == Kernel::Avx512Vnni {
-                        x86::panel_pass(&panel, &columns, out, n, rows.len());
-                    } else {
-                        x86::panel_pass_avx2(&panel, &columns, out, n, rows.len());
+                // SAFETY: this block writes columns first..first + rows.len() of each result
+                // row, which no other block writes, and `result` outlives the pool call.
+                let done = panel.fill_f16(kernel, &rows).and_then(|()| unsafe {
+                    panel.multiply(kernel, &columns, (out as *mut f32).add(first), n)
+                });
+                if let Err(error) = done {
+                    if let Ok(mut failure) = failure.lock() {
+                        *failure = Some(error);
                     }
+                    return;
                 }
             }
         });
-        result
+        match failure.into_inner() {
+            Ok(Some(error)) => Err(error),
+            _ => Ok(result),
+        }
     }
 }
 
@@ -155,7 +155,7 @@ impl Repacked for HalfRows {
         let kernel = kernel.or_portable();
         #[cfg(target_arch = "x86_64")]
         if kernel != Kernel::Portable && m >= PANELS_FROM {
-            return Ok(self.panels(kernel, x, m));
+            return self.panels(kernel, x, m);
         }
         let columns: Vec<&[f32]> = x.chunks_exact(self.k).collect();
         let n = self.rows;
@@ -218,7 +218,7 @@ impl Repacked for HalfRows {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{PANEL_ROWS, ROWS};
+    use super::ROWS;
     use std::arch::x86_64::*;
 
     /// How far ahead of the row being read generation fetches weights into cache.
@@ -284,148 +284,6 @@ mod x86 {
             }
         }
         out
-    }
-
-    /// Converts `rows` (up to 32, of k f16 values) into `panel`, position-major: value i of
-    /// row r at 32i + r; missing rows are zeros.
-    #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn fill_panel(rows: &[&[u8]], k: usize, panel: &mut [f32]) {
-        let whole = k / 8 * 8;
-        let mut values = [0f32; 8];
-        for (r, row) in rows.iter().enumerate() {
-            for i in (0..whole).step_by(8) {
-                let halves = _mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i);
-                _mm256_storeu_ps(values.as_mut_ptr(), _mm256_cvtph_ps(halves));
-                for (j, &v) in values.iter().enumerate() {
-                    panel[(i + j) * PANEL_ROWS + r] = v;
-                }
-            }
-            for i in whole..k {
-                panel[i * PANEL_ROWS + r] = scalar(row, i);
-            }
-        }
-        for r in rows.len()..PANEL_ROWS {
-            for i in 0..k {
-                panel[i * PANEL_ROWS + r] = 0.0;
-            }
-        }
-    }
-
-    /// Every activation row against a panel of `count` rows: writes out[c·n..][..count].
-    #[target_feature(enable = "avx512f,f16c,fma")]
-    pub unsafe fn panel_pass(
-        panel: &[f32],
-        columns: &[&[f32]],
-        out: *mut f32,
-        n: usize,
-        count: usize,
-    ) {
-        let mut done = 0;
-        while done < columns.len() {
-            let left = columns.len() - done;
-            let at = |c: usize| columns[done + c];
-            done += if left >= 12 {
-                panel_step::<12>(panel, std::array::from_fn(at), out.add(done * n), n, count)
-            } else if left >= 4 {
-                panel_step::<4>(panel, std::array::from_fn(at), out.add(done * n), n, count)
-            } else {
-                panel_step::<1>(panel, std::array::from_fn(at), out.add(done * n), n, count)
-            };
-        }
-    }
-
-    /// C activation rows against a panel: 2 × C accumulators, no reduction.
-    #[inline(always)]
-    unsafe fn panel_step<const C: usize>(
-        panel: &[f32],
-        x: [&[f32]; C],
-        out: *mut f32,
-        n: usize,
-        count: usize,
-    ) -> usize {
-        let mut low = [_mm512_setzero_ps(); C];
-        let mut high = [_mm512_setzero_ps(); C];
-        let k = panel.len() / PANEL_ROWS;
-        let p = panel.as_ptr();
-        for i in 0..k {
-            let w0 = _mm512_loadu_ps(p.add(i * PANEL_ROWS));
-            let w1 = _mm512_loadu_ps(p.add(i * PANEL_ROWS + 16));
-            for c in 0..C {
-                let a = _mm512_set1_ps(*x[c].get_unchecked(i));
-                low[c] = _mm512_fmadd_ps(w0, a, low[c]);
-                high[c] = _mm512_fmadd_ps(w1, a, high[c]);
-            }
-        }
-        // The panel's rows past `count` are padding, not written.
-        let mask = |rows: usize| ((1u32 << rows.min(16)) - 1) as u16;
-        let (low_mask, high_mask) = (mask(count), mask(count.saturating_sub(16)));
-        for c in 0..C {
-            _mm512_mask_storeu_ps(out.add(c * n), low_mask, low[c]);
-            _mm512_mask_storeu_ps(out.add(c * n + 16), high_mask, high[c]);
-        }
-        C
-    }
-
-    /// [`panel_pass`] with AVX2: each half of the panel (16 rows, 2 registers) against 6
-    /// activation rows at a time, 12 accumulators.
-    #[target_feature(enable = "avx2,f16c,fma")]
-    pub unsafe fn panel_pass_avx2(
-        panel: &[f32],
-        columns: &[&[f32]],
-        out: *mut f32,
-        n: usize,
-        count: usize,
-    ) {
-        for half in 0..2 {
-            let rows = count.saturating_sub(16 * half).min(16);
-            if rows == 0 {
-                break;
-            }
-            let out = out.add(16 * half);
-            let mut done = 0;
-            while done < columns.len() {
-                let at = |c: usize| columns[done + c];
-                let out = out.add(done * n);
-                done += if columns.len() - done >= 6 {
-                    panel_step_avx2::<6>(panel, half, std::array::from_fn(at), out, n, rows)
-                } else {
-                    panel_step_avx2::<1>(panel, half, std::array::from_fn(at), out, n, rows)
-                };
-            }
-        }
-    }
-
-    /// C activation rows against half a panel: 2 × C accumulators of 8 rows.
-    #[inline(always)]
-    unsafe fn panel_step_avx2<const C: usize>(
-        panel: &[f32],
-        half: usize,
-        x: [&[f32]; C],
-        out: *mut f32,
-        n: usize,
-        rows: usize,
-    ) -> usize {
-        let mut low = [_mm256_setzero_ps(); C];
-        let mut high = [_mm256_setzero_ps(); C];
-        let k = panel.len() / PANEL_ROWS;
-        let p = panel.as_ptr().add(16 * half);
-        for i in 0..k {
-            let w0 = _mm256_loadu_ps(p.add(i * PANEL_ROWS));
-            let w1 = _mm256_loadu_ps(p.add(i * PANEL_ROWS + 8));
-            for c in 0..C {
-                let a = _mm256_set1_ps(*x[c].get_unchecked(i));
-                low[c] = _mm256_fmadd_ps(w0, a, low[c]);
-                high[c] = _mm256_fmadd_ps(w1, a, high[c]);
-            }
-        }
-        let mut values = [0f32; 16];
-        for c in 0..C {
-            _mm256_storeu_ps(values.as_mut_ptr(), low[c]);
-            _mm256_storeu_ps(values.as_mut_ptr().add(8), high[c]);
-            // The panel's rows past `rows` are padding, not written.
-            std::ptr::copy_nonoverlapping(values.as_ptr(), out.add(c * n), rows);
-        }
-        C
     }
 
     /// [`rows_avx512`] at 8 lanes, for up to 2 activation rows (16 registers).

@@ -19,11 +19,13 @@ use half::f16;
 mod float16;
 mod in_place;
 mod k_rows;
+mod panel;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use float16::{HalfRows, SharedBytes};
 pub use in_place::InPlace;
+pub use panel::{Panel, PANEL_ROWS};
 
 /// Values per block of the 32-value formats, and per unit of a K-format super-block: the
 /// span one pass of 8 `dpbusd` covers.

@@ -1,0 +1,268 @@
+//! Register-blocked products against a panel: up to 32 weight rows in f32, position-major
+//! (position i holds the rows' values side by side). A step loads the rows' values at one
+//! position as whole registers and multiplies them by one broadcast activation each, an outer
+//! product with nothing to convert or reduce in the loop: 24 multiply-adds per 2 loads and
+//! 12 broadcasts with AVX-512. F16 prompts and prompt attention run on it.
+
+use super::Kernel;
+use candle_core::Result;
+use half::f16;
+
+/// Rows of a panel: two AVX-512 registers.
+pub const PANEL_ROWS: usize = 32;
+
+pub struct Panel {
+    /// k × PANEL_ROWS values; the rows past `rows` are zeros.
+    values: Vec<f32>,
+    k: usize,
+    rows: usize,
+}
+
+impl Panel {
+    /// An empty panel of rows of k values.
+    pub fn new(k: usize) -> Panel {
+        Panel {
+            values: vec![0.0; k * PANEL_ROWS],
+            k,
+            rows: 0,
+        }
+    }
+
+    /// Fills the panel with `rows` (up to 32, the rest ignored) of k little-endian f16 values
+    /// each; a shorter row is refused.
+    pub fn fill_f16(&mut self, kernel: Kernel, rows: &[&[u8]]) -> Result<()> {
+        let rows = &rows[..rows.len().min(PANEL_ROWS)];
+        if let Some(short) = rows.iter().find(|row| row.len() < 2 * self.k) {
+            candle_core::bail!(
+                "an f16 row of {} bytes is not {} values",
+                short.len(),
+                self.k
+            );
+        }
+        self.clear_from(rows.len());
+        #[cfg(target_arch = "x86_64")]
+        if kernel != Kernel::Portable {
+            // SAFETY: the SIMD kernels imply F16C (`Kernel::supported`), and every row holds
+            // k values (checked above).
+            unsafe { x86::fill_f16(rows, self.k, &mut self.values) };
+            return Ok(());
+        }
+        let _ = kernel;
+        for (r, row) in rows.iter().enumerate() {
+            for (i, pair) in row.chunks_exact(2).take(self.k).enumerate() {
+                self.values[i * PANEL_ROWS + r] = f16::from_le_bytes([pair[0], pair[1]]).to_f32();
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the panel with `rows` rows (up to 32), value i of row r being `value(r, i)`.
+    pub fn fill_with(&mut self, rows: usize, value: impl Fn(usize, usize) -> f32) {
+        let rows = rows.min(PANEL_ROWS);
+        self.clear_from(rows);
+        for i in 0..self.k {
+            for r in 0..rows {
+                self.values[i * PANEL_ROWS + r] = value(r, i);
+            }
+        }
+    }
+
+    /// Zeros the rows from `rows` on, and makes `rows` the panel's row count.
+    fn clear_from(&mut self, rows: usize) {
+        if rows < self.rows || rows < PANEL_ROWS {
+            for position in self.values.chunks_exact_mut(PANEL_ROWS) {
+                position[rows..].fill(0.0);
+            }
+        }
+        self.rows = rows;
+    }
+
+    /// out[c·stride + r] = Σᵢ columns[c][i] · (value i of row r), for every column c and row
+    /// r of the panel. A column shorter than k is refused.
+    ///
+    /// # Safety
+    /// `out` must be valid for those writes, and nothing else may access those values
+    /// meanwhile.
+    pub unsafe fn multiply(
+        &self,
+        kernel: Kernel,
+        columns: &[&[f32]],
+        out: *mut f32,
+        stride: usize,
+    ) -> Result<()> {
+        if let Some(short) = columns.iter().find(|c| c.len() < self.k) {
+            candle_core::bail!(
+                "a column of {} values cannot meet rows of {}",
+                short.len(),
+                self.k
+            );
+        }
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni if kernel.supported() => {
+                x86::panel_pass(&self.values, columns, out, stride, self.rows)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512Vnni if Kernel::Avx2.supported() => {
+                x86::panel_pass_avx2(&self.values, columns, out, stride, self.rows)
+            }
+            _ => {
+                for (c, column) in columns.iter().enumerate() {
+                    let mut sums = [0f32; PANEL_ROWS];
+                    for (position, &x) in self.values.chunks_exact(PANEL_ROWS).zip(*column) {
+                        for (sum, &w) in sums.iter_mut().zip(position) {
+                            *sum += w * x;
+                        }
+                    }
+                    std::ptr::copy_nonoverlapping(sums.as_ptr(), out.add(c * stride), self.rows);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::PANEL_ROWS;
+    use std::arch::x86_64::*;
+
+    /// [`super::Panel::fill_f16`] with F16C, 8 values at a time.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn fill_f16(rows: &[&[u8]], k: usize, panel: &mut [f32]) {
+        let mut values = [0f32; 8];
+        for (r, row) in rows.iter().enumerate() {
+            let row = &row[..2 * k];
+            let eights = row.chunks_exact(16);
+            let tail = eights.remainder();
+            for (e, eight) in eights.enumerate() {
+                let halves = _mm_loadu_si128(eight.as_ptr() as *const __m128i);
+                _mm256_storeu_ps(values.as_mut_ptr(), _mm256_cvtph_ps(halves));
+                for (j, &v) in values.iter().enumerate() {
+                    panel[(8 * e + j) * PANEL_ROWS + r] = v;
+                }
+            }
+            for (j, pair) in tail.chunks_exact(2).enumerate() {
+                panel[(k / 8 * 8 + j) * PANEL_ROWS + r] =
+                    half::f16::from_le_bytes([pair[0], pair[1]]).to_f32();
+            }
+        }
+    }
+
+    /// Every activation row against a panel of `count` rows: writes out[c·n..][..count].
+    #[target_feature(enable = "avx512f,f16c,fma")]
+    pub unsafe fn panel_pass(
+        panel: &[f32],
+        columns: &[&[f32]],
+        out: *mut f32,
+        n: usize,
+        count: usize,
+    ) {
+        let mut done = 0;
+        while done < columns.len() {
+            let left = columns.len() - done;
+            let at = |c: usize| columns[done + c];
+            done += if left >= 12 {
+                panel_step::<12>(panel, std::array::from_fn(at), out.add(done * n), n, count)
+            } else if left >= 4 {
+                panel_step::<4>(panel, std::array::from_fn(at), out.add(done * n), n, count)
+            } else {
+                panel_step::<1>(panel, std::array::from_fn(at), out.add(done * n), n, count)
+            };
+        }
+    }
+
+    /// C activation rows against a panel: 2 × C accumulators, no reduction.
+    #[inline(always)]
+    unsafe fn panel_step<const C: usize>(
+        panel: &[f32],
+        x: [&[f32]; C],
+        out: *mut f32,
+        n: usize,
+        count: usize,
+    ) -> usize {
+        let mut low = [_mm512_setzero_ps(); C];
+        let mut high = [_mm512_setzero_ps(); C];
+        let k = panel.len() / PANEL_ROWS;
+        let p = panel.as_ptr();
+        for i in 0..k {
+            let w0 = _mm512_loadu_ps(p.add(i * PANEL_ROWS));
+            let w1 = _mm512_loadu_ps(p.add(i * PANEL_ROWS + 16));
+            for c in 0..C {
+                let a = _mm512_set1_ps(*x[c].get_unchecked(i));
+                low[c] = _mm512_fmadd_ps(w0, a, low[c]);
+                high[c] = _mm512_fmadd_ps(w1, a, high[c]);
+            }
+        }
+        // The panel's rows past `count` are padding, not written.
+        let mask = |rows: usize| ((1u32 << rows.min(16)) - 1) as u16;
+        let (low_mask, high_mask) = (mask(count), mask(count.saturating_sub(16)));
+        for c in 0..C {
+            _mm512_mask_storeu_ps(out.add(c * n), low_mask, low[c]);
+            _mm512_mask_storeu_ps(out.add(c * n + 16), high_mask, high[c]);
+        }
+        C
+    }
+
+    /// [`panel_pass`] with AVX2: each half of the panel (16 rows, 2 registers) against 6
+    /// activation rows at a time, 12 accumulators.
+    #[target_feature(enable = "avx2,f16c,fma")]
+    pub unsafe fn panel_pass_avx2(
+        panel: &[f32],
+        columns: &[&[f32]],
+        out: *mut f32,
+        n: usize,
+        count: usize,
+    ) {
+        for half in 0..2 {
+            let rows = count.saturating_sub(16 * half).min(16);
+            if rows == 0 {
+                break;
+            }
+            let out = out.add(16 * half);
+            let mut done = 0;
+            while done < columns.len() {
+                let at = |c: usize| columns[done + c];
+                let out = out.add(done * n);
+                done += if columns.len() - done >= 6 {
+                    panel_step_avx2::<6>(panel, half, std::array::from_fn(at), out, n, rows)
+                } else {
+                    panel_step_avx2::<1>(panel, half, std::array::from_fn(at), out, n, rows)
+                };
+            }
+        }
+    }
+
+    /// C activation rows against half a panel: 2 × C accumulators of 8 rows.
+    #[inline(always)]
+    unsafe fn panel_step_avx2<const C: usize>(
+        panel: &[f32],
+        half: usize,
+        x: [&[f32]; C],
+        out: *mut f32,
+        n: usize,
+        rows: usize,
+    ) -> usize {
+        let mut low = [_mm256_setzero_ps(); C];
+        let mut high = [_mm256_setzero_ps(); C];
+        let k = panel.len() / PANEL_ROWS;
+        let p = panel.as_ptr().add(16 * half);
+        for i in 0..k {
+            let w0 = _mm256_loadu_ps(p.add(i * PANEL_ROWS));
+            let w1 = _mm256_loadu_ps(p.add(i * PANEL_ROWS + 8));
+            for c in 0..C {
+                let a = _mm256_set1_ps(*x[c].get_unchecked(i));
+                low[c] = _mm256_fmadd_ps(w0, a, low[c]);
+                high[c] = _mm256_fmadd_ps(w1, a, high[c]);
+            }
+        }
+        let mut values = [0f32; 16];
+        for c in 0..C {
+            _mm256_storeu_ps(values.as_mut_ptr(), low[c]);
+            _mm256_storeu_ps(values.as_mut_ptr().add(8), high[c]);
+            // The panel's rows past `rows` are padding, not written.
+            std::ptr::copy_nonoverlapping(values.as_ptr(), out.add(c * n), rows);
+        }
+        C
+    }
+}
