@@ -218,11 +218,9 @@ impl Repacked for HalfRows {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::x86::PREFETCH;
     use super::ROWS;
     use std::arch::x86_64::*;
-
-    /// How far ahead of the row being read generation fetches weights into cache.
-    const PREFETCH: usize = 4096;
 
     #[inline(always)]
     unsafe fn scalar(w: &[u8], i: usize) -> f32 {

@@ -280,13 +280,9 @@ impl Repacked for InPlace {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::x86::half_at;
+    use super::super::x86::{half_at, PREFETCH};
     use super::{stored_bias, Activations, Format};
     use std::arch::x86_64::*;
-
-    /// How far ahead of the row being read its blocks are fetched into cache: the hardware
-    /// prefetcher stops at each page.
-    const PREFETCH: usize = 4096;
 
     /// Two activation blocks side by side, as one 512-bit `dpbusd` takes them.
     #[repr(C, align(64))]

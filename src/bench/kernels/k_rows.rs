@@ -5,30 +5,8 @@
 //! sub-block with a 16-bit multiply-add; Q6_K's +32 and Q5_K's minimums come off once per
 //! super-block, through the activations' sums.
 
-use super::{ActivationsK, Format, Unpacked, BLOCK};
+use super::{scales_and_mins, ActivationsK, Format, Unpacked, BLOCK};
 use half::f16;
-
-/// The 8 six-bit scales and 8 minimums of a Q4_K/Q5_K super-block (its 12 bytes at 4), one
-/// byte each, as `scale_min_k4` takes them apart one at a time: the low 6 bits of bytes 0..4
-/// and 4..8, then the nibbles of bytes 8..12 with the top 2 bits of the first 8 above them.
-fn scales_and_mins(packed: &[u8]) -> (u64, u64) {
-    let word = |i: usize| {
-        u32::from_le_bytes([
-            packed[4 * i],
-            packed[4 * i + 1],
-            packed[4 * i + 2],
-            packed[4 * i + 3],
-        ])
-    };
-    let (w0, w1, w2) = (word(0), word(1), word(2));
-    let (six, four, two) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
-    let scales_high = (w2 & four) | (((w0 >> 6) & two) << 4);
-    let mins_high = ((w2 >> 4) & four) | (((w1 >> 6) & two) << 4);
-    (
-        u64::from(w0 & six) | u64::from(scales_high) << 32,
-        u64::from(w1 & six) | u64::from(mins_high) << 32,
-    )
-}
 
 /// One row against `x`, with candle's arithmetic: Q6_K sums d · Σ sc · Σ (v − 32)·q per
 /// 16 values; Q5_K sums d · Σ sc · Σ v·q per 32 values, less dmin · Σ m · Σq.
@@ -37,14 +15,14 @@ pub fn portable_dot(format: Format, row: &[u8], x: &[ActivationsK]) -> f32 {
         .zip(x)
         .map(|(block, a)| {
             let u = Unpacked::new(format, block);
-            let d = f16::from_bits(u.scale).to_f32() * a.d;
+            let d = f16::from_bits(u.scales.scale).to_f32() * a.d;
             let span = if format == Format::Q6K { 16 } else { BLOCK };
             let bias = format.bias();
             let sum: i32 = u
                 .values
                 .chunks_exact(span)
                 .zip(a.q.chunks_exact(span))
-                .zip(u.sub_scales)
+                .zip(u.scales.sub_scales)
                 .map(|((values, q), scale)| {
                     let scale = if format == Format::Q6K {
                         i32::from(scale as i8)
@@ -60,26 +38,23 @@ pub fn portable_dot(format: Format, row: &[u8], x: &[ActivationsK]) -> f32 {
                 })
                 .sum();
             let mins: i32 = u
+                .scales
                 .sub_mins
                 .iter()
                 .zip(a.unit_sums)
                 .map(|(&m, s)| i32::from(m) * i32::from(s))
                 .sum();
-            d * sum as f32 - f16::from_bits(u.min).to_f32() * a.d * mins as f32
+            d * sum as f32 - f16::from_bits(u.scales.min).to_f32() * a.d * mins as f32
         })
         .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86 {
-    use super::super::x86::half_at as half;
-    use super::super::{f16_bits, Tiles, SUPER_BLOCK, TILE};
+    use super::super::x86::{half_at as half, PREFETCH};
+    use super::super::{Part, Scales, SUPER_BLOCK, TILE};
     use super::{scales_and_mins, ActivationsK, Format};
     use std::arch::x86_64::*;
-
-    /// How far ahead of the super-block being read the row is fetched into cache: the
-    /// hardware prefetcher stops at each page.
-    const PREFETCH: usize = 4096;
 
     /// For each of the 4 registers of a super-block's products (32 pair sums each), the
     /// index of each lane's scale: Q6_K has one per 8 lanes (16 values), Q5_K one per 16.
@@ -262,22 +237,20 @@ pub mod x86 {
         _mm512_reduce_add_ps(acc) - mins.iter().sum::<f32>()
     }
 
-    /// Repacks `bytes`, the file's 16 rows of Q5_K or Q6_K super-blocks, into `tile`, a wide
-    /// one-tile matrix: each value a byte, 4 of each row side by side.
+    /// Repacks `bytes`, the file's 16 rows of `blocks` Q5_K or Q6_K super-blocks, into `tile`,
+    /// the arrays of a wide one-tile matrix: each value a byte, 4 of each row side by side.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn repack_wide(tile: &mut Tiles, bytes: &[u8]) {
-        let format = tile.format;
+    pub unsafe fn repack_wide(format: Format, blocks: usize, bytes: &[u8], tile: &mut Part) {
         let size = format.block_bytes();
-        let q6k = format == Format::Q6K;
         let mut values = [0u8; SUPER_BLOCK];
-        for (r, row) in bytes
-            .chunks_exact(tile.blocks * size)
-            .enumerate()
-            .take(TILE)
-        {
+        for (r, row) in bytes.chunks_exact(blocks * size).enumerate().take(TILE) {
             for (b, block) in row.chunks_exact(size).enumerate() {
                 let at = block.as_ptr();
-                let registers = if q6k { q6k_values(at) } else { q5k_values(at) };
+                let registers = if format == Format::Q6K {
+                    q6k_values(at)
+                } else {
+                    q5k_values(at)
+                };
                 for (i, register) in registers.into_iter().enumerate() {
                     _mm512_storeu_si512(values.as_mut_ptr().add(64 * i) as *mut _, register);
                 }
@@ -285,22 +258,7 @@ pub mod x86 {
                 for (group, four) in values.chunks_exact(4).enumerate() {
                     quants[(group * TILE + r) * 4..][..4].copy_from_slice(four);
                 }
-                let side = b * TILE + r;
-                if q6k {
-                    tile.scales[side] = f16_bits(block, 208);
-                    for (s, &scale) in block[192..208].iter().enumerate() {
-                        tile.sub_scales[(b * 16 + s) * TILE + r] = scale;
-                    }
-                } else {
-                    tile.scales[side] = f16_bits(block, 0);
-                    tile.mins[side] = f16_bits(block, 2);
-                    let (scales, mins) = scales_and_mins(&block[4..16]);
-                    let pairs = scales.to_le_bytes().into_iter().zip(mins.to_le_bytes());
-                    for (unit, (scale, min)) in pairs.enumerate() {
-                        tile.sub_scales[(b * 8 + unit) * TILE + r] = scale;
-                        tile.sub_mins[(b * 8 + unit) * TILE + r] = min;
-                    }
-                }
+                tile.pack_scales(format, b, r, &Scales::of(format, block));
             }
         }
     }
@@ -405,32 +363,5 @@ pub mod x86 {
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         lanes.iter().sum::<f32>() + extra
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::scale_min_k4;
-    use super::scales_and_mins;
-
-    #[test]
-    fn scales_and_mins_match_scale_min_k4() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..200 {
-            let packed: Vec<u8> = (0..12)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
-            let (scales, mins) = scales_and_mins(&packed);
-            for j in 0..8 {
-                let (scale, min) = scale_min_k4(j, &packed);
-                assert_eq!(scales.to_le_bytes()[j], scale, "scale {j} of {packed:?}");
-                assert_eq!(mins.to_le_bytes()[j], min, "minimum {j} of {packed:?}");
-            }
-        }
     }
 }

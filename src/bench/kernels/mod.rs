@@ -168,10 +168,8 @@ impl Format {
     }
 }
 
-/// One K-format super-block as the file stores it, taken apart.
-struct Unpacked {
-    /// Stored values (Q6_K's with its +32 bias).
-    values: [u8; SUPER_BLOCK],
+/// A K-format super-block's scales and minimums, as the file stores them.
+struct Scales {
     /// f16 bits of the super-block scale, and of the minimum scale (Q4_K, Q5_K).
     scale: u16,
     min: u16,
@@ -180,30 +178,69 @@ struct Unpacked {
     sub_mins: [u8; 8],
 }
 
+impl Scales {
+    fn of(format: Format, block: &[u8]) -> Scales {
+        let mut scales = Scales {
+            scale: f16_bits(block, 0),
+            min: 0,
+            sub_scales: [0; 16],
+            sub_mins: [0; 8],
+        };
+        match format {
+            Format::Q4K | Format::Q5K => {
+                scales.min = f16_bits(block, 2);
+                let (sub_scales, sub_mins) = scales_and_mins(&block[4..16]);
+                scales.sub_scales[..8].copy_from_slice(&sub_scales.to_le_bytes());
+                scales.sub_mins = sub_mins.to_le_bytes();
+            }
+            Format::Q6K => {
+                scales.sub_scales.copy_from_slice(&block[192..208]);
+                scales.scale = f16_bits(block, 208);
+            }
+            Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => {}
+        }
+        scales
+    }
+}
+
+/// One K-format super-block as the file stores it, taken apart.
+struct Unpacked {
+    /// Stored values (Q6_K's with its +32 bias).
+    values: [u8; SUPER_BLOCK],
+    scales: Scales,
+}
+
 fn f16_bits(bytes: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([bytes[at], bytes[at + 1]])
 }
 
-/// The 6-bit scale and minimum of sub-block j of a Q4_K or Q5_K super-block.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
+/// The 8 six-bit scales and 8 minimums of a Q4_K/Q5_K super-block (its 12 bytes at 4), one
+/// byte each: the low 6 bits of bytes 0..4 and 4..8, then the nibbles of bytes 8..12 with the
+/// top 2 bits of the first 8 above them.
+fn scales_and_mins(packed: &[u8]) -> (u64, u64) {
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            packed[4 * i],
+            packed[4 * i + 1],
+            packed[4 * i + 2],
+            packed[4 * i + 3],
+        ])
+    };
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let (six, four, two) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let scales_high = (w2 & four) | (((w0 >> 6) & two) << 4);
+    let mins_high = ((w2 >> 4) & four) | (((w1 >> 6) & two) << 4);
+    (
+        u64::from(w0 & six) | u64::from(scales_high) << 32,
+        u64::from(w1 & six) | u64::from(mins_high) << 32,
+    )
 }
 
 impl Unpacked {
     fn new(format: Format, block: &[u8]) -> Unpacked {
         let mut u = Unpacked {
             values: [0; SUPER_BLOCK],
-            scale: f16_bits(block, 0),
-            min: 0,
-            sub_scales: [0; 16],
-            sub_mins: [0; 8],
+            scales: Scales::of(format, block),
         };
         let nibbles = |qs: &[u8], values: &mut [u8]| {
             for (j, &byte) in qs.iter().enumerate() {
@@ -213,11 +250,6 @@ impl Unpacked {
         };
         match format {
             Format::Q4K | Format::Q5K => {
-                u.min = f16_bits(block, 2);
-                let scales = &block[4..16];
-                for j in 0..8 {
-                    (u.sub_scales[j], u.sub_mins[j]) = scale_min_k4(j, scales);
-                }
                 // Each 32 bytes hold 64 values: 32 in the low nibbles, then 32 in the high.
                 let (qh, qs) = if format == Format::Q5K {
                     (Some(&block[16..48]), &block[48..176])
@@ -237,8 +269,6 @@ impl Unpacked {
             }
             Format::Q6K => {
                 let (ql, qh) = (&block[0..128], &block[128..192]);
-                u.sub_scales.copy_from_slice(&block[192..208]);
-                u.scale = f16_bits(block, 208);
                 for n in 0..2 {
                     let (ql, qh) = (&ql[64 * n..64 * (n + 1)], &qh[32 * n..32 * (n + 1)]);
                     let values = &mut u.values[128 * n..128 * (n + 1)];
@@ -261,15 +291,23 @@ impl Unpacked {
 impl Unpacked {
     /// The super-block's 256 values, with candle's arithmetic.
     fn dequantize(&self, format: Format, out: &mut [f32]) {
-        let d = f16::from_bits(self.scale).to_f32();
-        let min = f16::from_bits(self.min).to_f32();
+        let Scales {
+            scale,
+            min,
+            sub_scales,
+            sub_mins,
+        } = &self.scales;
+        let (d, min) = (
+            f16::from_bits(*scale).to_f32(),
+            f16::from_bits(*min).to_f32(),
+        );
         for (i, (o, &v)) in out.iter_mut().zip(&self.values).enumerate() {
             let v = (i32::from(v) - format.bias()) as f32;
             *o = if format == Format::Q6K {
-                d * f32::from(self.sub_scales[i / 16] as i8) * v
+                d * f32::from(sub_scales[i / 16] as i8) * v
             } else {
                 let unit = i / BLOCK;
-                d * f32::from(self.sub_scales[unit]) * v - min * f32::from(self.sub_mins[unit])
+                d * f32::from(sub_scales[unit]) * v - min * f32::from(sub_mins[unit])
             };
         }
     }
@@ -582,7 +620,7 @@ impl<'a> Part<'a> {
     }
 
     /// A K-format super-block's scales and minimums, for row r of tile-block tb.
-    fn pack_side(&mut self, format: Format, tb: usize, r: usize, u: &Unpacked) {
+    fn pack_scales(&mut self, format: Format, tb: usize, r: usize, u: &Scales) {
         let (units, subs) = (format.units(), format.sub_blocks());
         self.scales[tb * TILE + r] = u.scale;
         if format.has_min() {
@@ -613,7 +651,7 @@ impl<'a> Part<'a> {
                     continue;
                 }
                 let u = Unpacked::new(format, block);
-                self.pack_side(format, tb, r, &u);
+                self.pack_scales(format, tb, r, &u.scales);
                 let quants = &mut self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
                 for unit in 0..units {
                     let values = &u.values[unit * BLOCK..][..BLOCK];
@@ -806,17 +844,10 @@ impl Tiles {
 
     /// Repacks `bytes`, the file's 16 rows, into this one-tile matrix.
     fn repack_tile(&mut self, bytes: &[u8]) {
-        #[cfg(target_arch = "x86_64")]
-        if self.wide && Kernel::Avx512Vnni.supported() {
-            // SAFETY: this CPU has AVX-512; `bytes` is 16 rows of whole super-blocks, and
-            // the arrays hold one tile of them.
-            return unsafe { k_rows::x86::repack_wide(self, bytes) };
-        }
         self.high.fill(0);
         let (format, blocks, wide) = (self.format, self.blocks, self.wide);
-        let quants = &mut self.quants[..];
         let mut part = Arrays {
-            quants: &mut [][..],
+            quants: &mut self.quants[..],
             high: &mut self.high[..],
             scales: &mut self.scales[..],
             mins: &mut self.mins[..],
@@ -824,19 +855,23 @@ impl Tiles {
             sub_mins: &mut self.sub_mins[..],
         };
         if !wide {
-            part.quants = quants;
             return part.pack(format, blocks, bytes, &|_| {});
+        }
+        #[cfg(target_arch = "x86_64")]
+        if Kernel::Avx512Vnni.supported() {
+            // SAFETY: this CPU has AVX-512.
+            return unsafe { k_rows::x86::repack_wide(format, blocks, bytes, &mut part) };
         }
         // Whole values, 4 of each row side by side; the scales as the tiles keep them.
         let size = format.block_bytes();
         for (r, row) in bytes.chunks_exact(blocks * size).enumerate().take(TILE) {
             for (b, block) in row.chunks_exact(size).enumerate() {
                 let u = Unpacked::new(format, block);
-                let quants = &mut quants[b * TILE * SUPER_BLOCK..][..TILE * SUPER_BLOCK];
+                let quants = &mut part.quants[b * TILE * SUPER_BLOCK..][..TILE * SUPER_BLOCK];
                 for (group, four) in u.values.chunks_exact(4).enumerate() {
                     quants[(group * TILE + r) * 4..][..4].copy_from_slice(four);
                 }
-                part.pack_side(format, b, r, &u);
+                part.pack_scales(format, b, r, &u.scales);
             }
         }
     }

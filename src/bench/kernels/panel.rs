@@ -12,7 +12,8 @@ use half::f16;
 pub const PANEL_ROWS: usize = 32;
 
 pub struct Panel {
-    /// k × PANEL_ROWS values; the rows past `rows` are zeros.
+    /// k × PANEL_ROWS values; the rows past `rows` are whatever they were (their sums are
+    /// never written).
     values: Vec<f32>,
     k: usize,
     rows: usize,
@@ -39,7 +40,7 @@ impl Panel {
                 self.k
             );
         }
-        self.clear_from(rows.len());
+        self.rows = rows.len();
         #[cfg(target_arch = "x86_64")]
         if kernel != Kernel::Portable {
             // SAFETY: the SIMD kernels imply F16C (`Kernel::supported`), and every row holds
@@ -47,6 +48,7 @@ impl Panel {
             unsafe { x86::fill_f16(rows, self.k, &mut self.values) };
             return Ok(());
         }
+        #[cfg(not(target_arch = "x86_64"))]
         let _ = kernel;
         for (r, row) in rows.iter().enumerate() {
             for (i, pair) in row.chunks_exact(2).take(self.k).enumerate() {
@@ -59,22 +61,12 @@ impl Panel {
     /// Fills the panel with `rows` rows (up to 32), value i of row r being `value(r, i)`.
     pub fn fill_with(&mut self, rows: usize, value: impl Fn(usize, usize) -> f32) {
         let rows = rows.min(PANEL_ROWS);
-        self.clear_from(rows);
+        self.rows = rows;
         for i in 0..self.k {
             for r in 0..rows {
                 self.values[i * PANEL_ROWS + r] = value(r, i);
             }
         }
-    }
-
-    /// Zeros the rows from `rows` on, and makes `rows` the panel's row count.
-    fn clear_from(&mut self, rows: usize) {
-        if rows < self.rows || rows < PANEL_ROWS {
-            for position in self.values.chunks_exact_mut(PANEL_ROWS) {
-                position[rows..].fill(0.0);
-            }
-        }
-        self.rows = rows;
     }
 
     /// out[c·stride + r] = Σᵢ columns[c][i] · (value i of row r), for every column c and row

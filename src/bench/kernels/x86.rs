@@ -23,8 +23,9 @@ pub fn avx512_vnni() -> bool {
     })
 }
 
-/// How far ahead of the tile being read its quants are fetched into cache.
-const PREFETCH: usize = 4096;
+/// How far ahead of the weights being read they are fetched into cache, by every kernel that
+/// streams them: the hardware prefetcher stops at each page.
+pub(super) const PREFETCH: usize = 4096;
 
 /// Group g (4 bytes) of 8-bit activations, for every 32-bit lane.
 #[inline(always)]
