@@ -1378,8 +1378,8 @@ mod tests {
         for format in Format::ALL.into_iter().filter(|&f| InPlace::takes(f)) {
             // 18 blocks a row against candle (whose checked builds want an even count), 17
             // against the tiles (which are checked against candle above): the AVX-512 row
-            // kernel takes blocks in pairs, and the odd one goes the portable way. The K
-            // formats take any count of super-blocks.
+            // kernels take blocks in fours (Q8_0 in pairs), and what is left over goes the
+            // portable way. The K formats take any count of super-blocks.
             let shapes = if format.is_k() {
                 [(512, 13), (768, 17)]
             } else {
