@@ -4,7 +4,7 @@
 //! positions of 4 rows once (F16C) and multiplies them with up to 4 activation rows.
 
 use super::panel::{Panel, PANEL_ROWS};
-use super::{check_input, in_chunks, Kernel, Repacked};
+use super::{check_input, in_chunks, in_streams, Kernel, Repacked, GRAIN_ROWS};
 use candle_core::Result;
 use half::f16;
 use std::sync::Arc;
@@ -162,9 +162,7 @@ impl Repacked for HalfRows {
         let mut result = vec![0f32; m * n];
         let out = result.as_mut_ptr() as usize;
         let block = if m == 1 { ROWS } else { ROW_BLOCK };
-        // As the quantized tiles: one contiguous share per thread when streaming weights.
-        let shares = if m == 1 { 1 } else { 8 };
-        in_chunks(n.div_ceil(block), shares, |blocks| {
+        let work = |blocks: std::ops::Range<usize>| {
             let rows = blocks.start * block..(blocks.end * block).min(n);
             let write = |first_column: usize, first_row: usize, values: &[[f32; ROWS]]| {
                 for (c, values) in values.iter().enumerate() {
@@ -211,7 +209,12 @@ impl Repacked for HalfRows {
                 }
                 done += step;
             }
-        });
+        };
+        if m == 1 {
+            in_streams(n.div_ceil(block), GRAIN_ROWS / block, work);
+        } else {
+            in_chunks(n.div_ceil(block), 8, work);
+        }
         Ok(result)
     }
 }

@@ -6,8 +6,8 @@
 //! passes over it.
 
 use super::{
-    check_input, in_chunks, k_rows, quantize_rows, run_tiles, Activations, ActivationsK, Columns,
-    Format, Kernel, Repacked, SharedBytes, TilePass, Tiles, Unpacked, BLOCK, TILE,
+    check_input, in_streams, k_rows, quantize_rows, run_tiles, Activations, ActivationsK, Columns,
+    Format, Kernel, Repacked, SharedBytes, TilePass, Tiles, Unpacked, BLOCK, GRAIN_ROWS, TILE,
 };
 use candle_core::Result;
 use half::f16;
@@ -69,7 +69,7 @@ impl InPlace {
     fn generate(&self, dot: impl Fn(&[u8]) -> f32 + Sync) -> Vec<f32> {
         let mut result = vec![0f32; self.rows];
         let out = result.as_mut_ptr() as usize;
-        in_chunks(self.rows, 1, |rows| {
+        in_streams(self.rows, GRAIN_ROWS, |rows| {
             let weights = self.rows_at(rows.start, rows.len());
             for (row, bytes) in rows.zip(weights.chunks_exact(self.row_bytes())) {
                 // SAFETY: each row is handed out once; `result` outlives the pool call,
