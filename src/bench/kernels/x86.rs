@@ -23,6 +23,35 @@ pub fn avx512_vnni() -> bool {
     })
 }
 
+/// Σ a·b over their common length with AVX-512.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = _mm512_setzero_ps();
+    for i in (0..n / 16).map(|i| 16 * i) {
+        let (x, y) = (a.as_ptr().add(i), b.as_ptr().add(i));
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(y), acc);
+    }
+    let done = n / 16 * 16;
+    _mm512_reduce_add_ps(acc) + super::dot_f32_portable(&a[done..n], &b[done..n])
+}
+
+/// Σ a·b over their common length with AVX2.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..n / 8).map(|i| 8 * i) {
+        let (x, y) = (a.as_ptr().add(i), b.as_ptr().add(i));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(y), acc);
+    }
+    let halves = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+    let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+    let sum = _mm_add_ss(pairs, _mm_movehdup_ps(pairs));
+    let done = n / 8 * 8;
+    _mm_cvtss_f32(sum) + super::dot_f32_portable(&a[done..n], &b[done..n])
+}
+
 /// How far ahead of the weights being read they are fetched into cache, by every kernel that
 /// streams them: the hardware prefetcher stops at each page.
 pub(super) const PREFETCH: usize = 4096;
