@@ -1513,15 +1513,16 @@ mod tests {
         let n = 48;
         for format in Format::ALL.into_iter().filter(|&f| InPlace::takes(f)) {
             // 18 blocks a row against candle (whose checked builds want an even count), 17
-            // against the tiles (which are checked against candle above): the AVX-512 row
-            // kernels take blocks in fours (Q8_0 in pairs), and what is left over goes the
-            // portable way. The K formats take any count of super-blocks.
-            let shapes = if format.is_k() {
-                [(512, 13), (768, 17)]
+            // and 19 against the tiles (which are checked against candle above): the AVX-512
+            // row kernels take blocks in fours, the last four masked to what is left (Q8_0 in
+            // pairs, an odd one the portable way). The K formats take any count of
+            // super-blocks.
+            let shapes: &[(usize, u64)] = if format.is_k() {
+                &[(512, 13), (768, 17)]
             } else {
-                [(576, 13), (544, 17)]
+                &[(576, 13), (544, 17), (608, 19)]
             };
-            for (k, seed) in shapes {
+            for &(k, seed) in shapes {
                 let weights = random_weights(format, n, k, seed);
                 let mut bytes = vec![0u8; 10];
                 bytes.extend(&weights);
