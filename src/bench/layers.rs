@@ -424,6 +424,21 @@ impl<'a> Strided<'a> {
     }
 }
 
+/// What the attentions run on candle's pool read: the queries' shape and values, and the
+/// cache's keys and values.
+struct Inputs<'a> {
+    b: usize,
+    n_head: usize,
+    seq_len: usize,
+    dim: usize,
+    /// Query heads per key-value head.
+    group: usize,
+    kv_heads: usize,
+    queries: &'a [f32],
+    keys_at: Strided<'a>,
+    values_at: Strided<'a>,
+}
+
 /// One attention layer's head layout and KV cache: what llama and Gemma 3 share.
 pub struct SelfAttention {
     pub n_head: usize,
@@ -490,10 +505,14 @@ impl SelfAttention {
         let q = heads_first(q)?;
         if q.device().is_cpu() {
             if seq_len < PANEL_QUERIES {
-                return self.attend_each(kernel, &q, &k, &v, pos, window);
+                return self.on_pool(&q, &k, &v, |inputs| {
+                    SelfAttention::attend_each(kernel, inputs, pos, window)
+                });
             }
             if kernel != Kernel::Portable {
-                return self.attend_in_panels(kernel, &q, &k, &v, pos, window);
+                return self.on_pool(&q, &k, &v, |inputs| {
+                    SelfAttention::attend_in_panels(kernel, inputs, pos, window)
+                });
             }
         }
         // Each key-value head serves `group` query heads (heads are numbered kv-major): the
@@ -529,6 +548,34 @@ impl SelfAttention {
             .reshape((b, seq_len, self.n_head * self.head_dim))
     }
 
+    /// `attend` (one of the attentions run on candle's pool) over `q` (batch, heads, seq,
+    /// dim), contiguous, and the cache's `k` and `v`, their storages held meanwhile: the
+    /// heads merged back, (batch, seq, width).
+    fn on_pool(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        attend: impl FnOnce(&Inputs) -> Result<Vec<f32>>,
+    ) -> Result<Tensor> {
+        let (b, n_head, seq_len, dim) = q.dims4()?;
+        let (q_storage, q_layout) = q.storage_and_layout();
+        let (k_storage, k_layout) = k.storage_and_layout();
+        let (v_storage, v_layout) = v.storage_and_layout();
+        let result = attend(&Inputs {
+            b,
+            n_head,
+            seq_len,
+            dim,
+            group: n_head / self.n_kv_head,
+            kv_heads: self.n_kv_head,
+            queries: f32_values(&q_storage, q_layout)?,
+            keys_at: Strided::new(&k_storage, k_layout)?,
+            values_at: Strided::new(&v_storage, v_layout)?,
+        })?;
+        Tensor::from_vec(result, (b, seq_len, n_head * dim), q.device())
+    }
+
     /// Attention for a few queries (generation's one) across candle's pool, one (batch,
     /// key-value head, query) at a time: the group's query heads against each key it can
     /// see, the softmax, then the values' weighted sum, written straight into the (batch,
@@ -536,26 +583,24 @@ impl SelfAttention {
     /// through a gemm on the main thread while the pool waited: 4% of TinyLlama's
     /// generation time (perf).
     fn attend_each(
-        &self,
         kernel: Kernel,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        inputs: &Inputs,
         pos: usize,
         window: Option<usize>,
-    ) -> Result<Tensor> {
-        let (b, n_head, seq_len, dim) = q.dims4()?;
-        let (group, kv_heads) = (n_head / self.n_kv_head, self.n_kv_head);
+    ) -> Result<Vec<f32>> {
+        let &Inputs {
+            b,
+            n_head,
+            seq_len,
+            dim,
+            group,
+            kv_heads,
+            queries,
+            ref keys_at,
+            ref values_at,
+        } = inputs;
         let width = n_head * dim;
         let scale = 1.0 / (dim as f32).sqrt();
-        let (q_storage, q_layout) = q.storage_and_layout();
-        let (k_storage, k_layout) = k.storage_and_layout();
-        let (v_storage, v_layout) = v.storage_and_layout();
-        let queries = f32_values(&q_storage, q_layout)?;
-        let (keys_at, values_at) = (
-            Strided::new(&k_storage, k_layout)?,
-            Strided::new(&v_storage, v_layout)?,
-        );
         let mut result = vec![0f32; b * seq_len * width];
         let out = result.as_mut_ptr() as usize;
         let attend_query = |item: usize| {
@@ -606,7 +651,7 @@ impl SelfAttention {
         };
         candle_core::utils::barrier_pool()
             .execute_chunked(b * kv_heads * seq_len, |items| items.for_each(attend_query));
-        Tensor::from_vec(result, (b, seq_len, width), q.device())
+        Ok(result)
     }
 
     /// Prompt attention on fitbench's panel kernels, one (batch, key-value head, query
@@ -615,26 +660,24 @@ impl SelfAttention {
     /// written straight into the (batch, seq, width) result. candle's matmuls ran these on
     /// rayon's threads with AVX2 only, while candle's own pool spun beside them.
     fn attend_in_panels(
-        &self,
         kernel: Kernel,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
+        inputs: &Inputs,
         pos: usize,
         window: Option<usize>,
-    ) -> Result<Tensor> {
-        let (b, n_head, seq_len, dim) = q.dims4()?;
-        let (group, kv_heads) = (n_head / self.n_kv_head, self.n_kv_head);
+    ) -> Result<Vec<f32>> {
+        let &Inputs {
+            b,
+            n_head,
+            seq_len,
+            dim,
+            group,
+            kv_heads,
+            queries,
+            ref keys_at,
+            ref values_at,
+        } = inputs;
         let width = n_head * dim;
         let scale = 1.0 / (dim as f32).sqrt();
-        let (q_storage, q_layout) = q.storage_and_layout();
-        let (k_storage, k_layout) = k.storage_and_layout();
-        let (v_storage, v_layout) = v.storage_and_layout();
-        let queries = f32_values(&q_storage, q_layout)?;
-        let (keys_at, values_at) = (
-            Strided::new(&k_storage, k_layout)?,
-            Strided::new(&v_storage, v_layout)?,
-        );
         let chunks = seq_len.div_ceil(QUERY_CHUNK);
         let mut result = vec![0f32; b * seq_len * width];
         let out = result.as_mut_ptr() as usize;
@@ -700,7 +743,7 @@ impl SelfAttention {
         if let Ok(Some(error)) = failure.into_inner() {
             return Err(error);
         }
-        Tensor::from_vec(result, (b, seq_len, width), q.device())
+        Ok(result)
     }
 
     pub fn clear(&mut self) {

@@ -87,7 +87,7 @@ impl InPlace {
         #[cfg(target_arch = "x86_64")]
         let (pairs, quads) = match (kernel, format) {
             (Kernel::Avx512Vnni, Format::Q8_0) => (x86::pairs(x, stored_bias(format)), Vec::new()),
-            (Kernel::Avx512Vnni, _) => (Vec::new(), x86::quads(x, format.bias())),
+            (Kernel::Avx512Vnni, _) => (Vec::new(), x86::quads(x, stored_bias(format))),
             _ => (Vec::new(), Vec::new()),
         };
         self.generate(|row| match kernel {
@@ -354,8 +354,8 @@ mod x86 {
             .collect()
     }
 
-    /// Word indices into two registers holding four `format` blocks from their first byte:
-    /// `pick(w)` is block w's word (of 16-bit words) `word(w)`.
+    /// The indices of a 16-bit word permute over two registers that hold four `format`
+    /// blocks: word w of the result is word `word` of block `block`, (block, word) = pick(w).
     #[inline(always)]
     unsafe fn word_picks(format: Format, pick: impl Fn(usize) -> (usize, usize)) -> __m512i {
         let words = format.block_bytes() / 2;
