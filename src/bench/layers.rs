@@ -424,8 +424,8 @@ impl<'a> Strided<'a> {
     }
 }
 
-/// What the attentions run on candle's pool read: the queries' shape and values, and the
-/// cache's keys and values.
+/// What the attentions run on candle's pool read: the queries' shape, values and positions,
+/// and the cache's keys and values.
 struct Inputs<'a> {
     b: usize,
     n_head: usize,
@@ -437,6 +437,10 @@ struct Inputs<'a> {
     queries: &'a [f32],
     keys_at: Strided<'a>,
     values_at: Strided<'a>,
+    /// The first query's position.
+    pos: usize,
+    /// How many positions before its own a query sees, if not all.
+    window: Option<usize>,
 }
 
 /// One attention layer's head layout and KV cache: what llama and Gemma 3 share.
@@ -505,13 +509,13 @@ impl SelfAttention {
         let q = heads_first(q)?;
         if q.device().is_cpu() {
             if seq_len < PANEL_QUERIES {
-                return self.on_pool(&q, &k, &v, |inputs| {
-                    SelfAttention::attend_each(kernel, inputs, pos, window)
+                return self.on_pool(&q, &k, &v, (pos, window), |inputs| {
+                    inputs.attend_each(kernel)
                 });
             }
             if kernel != Kernel::Portable {
-                return self.on_pool(&q, &k, &v, |inputs| {
-                    SelfAttention::attend_in_panels(kernel, inputs, pos, window)
+                return self.on_pool(&q, &k, &v, (pos, window), |inputs| {
+                    inputs.attend_in_panels(kernel)
                 });
             }
         }
@@ -549,13 +553,14 @@ impl SelfAttention {
     }
 
     /// `attend` (one of the attentions run on candle's pool) over `q` (batch, heads, seq,
-    /// dim), contiguous, and the cache's `k` and `v`, their storages held meanwhile: the
-    /// heads merged back, (batch, seq, width).
+    /// dim), contiguous, at positions `pos..` seeing `window` back, and the cache's `k` and
+    /// `v`, their storages held meanwhile: the heads merged back, (batch, seq, width).
     fn on_pool(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
+        (pos, window): (usize, Option<usize>),
         attend: impl FnOnce(&Inputs) -> Result<Vec<f32>>,
     ) -> Result<Tensor> {
         let (b, n_head, seq_len, dim) = q.dims4()?;
@@ -572,8 +577,35 @@ impl SelfAttention {
             queries: f32_values(&q_storage, q_layout)?,
             keys_at: Strided::new(&k_storage, k_layout)?,
             values_at: Strided::new(&v_storage, v_layout)?,
+            pos,
+            window,
         })?;
         Tensor::from_vec(result, (b, seq_len, n_head * dim), q.device())
+    }
+
+    pub fn clear(&mut self) {
+        self.kv_cache.reset();
+    }
+}
+
+impl Inputs<'_> {
+    /// Query `position`'s values for `head`.
+    fn query(&self, batch: usize, head: usize, position: usize) -> &[f32] {
+        let dim = self.dim;
+        &self.queries[((batch * self.n_head + head) * self.seq_len + position) * dim..][..dim]
+    }
+
+    /// The first key the query at `last` sees.
+    fn first_visible(&self, last: usize) -> usize {
+        self.window.map_or(0, |w| last.saturating_sub(w))
+    }
+
+    fn width(&self) -> usize {
+        self.n_head * self.dim
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.dim as f32).sqrt()
     }
 
     /// Attention for a few queries (generation's one) across candle's pool, one (batch,
@@ -582,26 +614,9 @@ impl SelfAttention {
     /// seq, width) result. candle's matmuls packed each head's one query row and ran it
     /// through a gemm on the main thread while the pool waited: 4% of TinyLlama's
     /// generation time (perf).
-    fn attend_each(
-        kernel: Kernel,
-        inputs: &Inputs,
-        pos: usize,
-        window: Option<usize>,
-    ) -> Result<Vec<f32>> {
-        let &Inputs {
-            b,
-            n_head,
-            seq_len,
-            dim,
-            group,
-            kv_heads,
-            queries,
-            ref keys_at,
-            ref values_at,
-        } = inputs;
-        let width = n_head * dim;
-        let scale = 1.0 / (dim as f32).sqrt();
-        let mut result = vec![0f32; b * seq_len * width];
+    fn attend_each(&self, kernel: Kernel) -> Result<Vec<f32>> {
+        let (group, kv_heads, seq_len, dim) = (self.group, self.kv_heads, self.seq_len, self.dim);
+        let mut result = vec![0f32; self.b * seq_len * self.width()];
         let out = result.as_mut_ptr() as usize;
         let attend_query = |item: usize| {
             let (batch, kv, s) = (
@@ -609,16 +624,13 @@ impl SelfAttention {
                 item / seq_len % kv_heads,
                 item % seq_len,
             );
-            let last = pos + s;
-            let first = window.map_or(0, |w| last.saturating_sub(w));
+            let last = self.pos + s;
+            let first = self.first_visible(last);
             let keys = last + 1 - first;
-            let query = |g: usize| {
-                let head = kv * group + g;
-                &queries[((batch * n_head + head) * seq_len + s) * dim..][..dim]
-            };
+            let query = |g: usize| self.query(batch, kv * group + g, s);
             let mut scores = vec![0f32; group * keys];
             for t in 0..keys {
-                let key = keys_at.row(batch, kv, first + t, dim);
+                let key = self.keys_at.row(batch, kv, first + t, dim);
                 for g in 0..group {
                     scores[g * keys + t] = dot_f32(kernel, query(g), key);
                 }
@@ -628,16 +640,16 @@ impl SelfAttention {
                 .chunks_exact(keys)
                 .zip(weights.chunks_exact_mut(keys))
             {
-                super::ops::softmax(scale, scores, weights);
+                super::ops::softmax(self.scale(), scores, weights);
             }
             // SAFETY: this item's query heads are `group` runs of `dim` values from `at` in
             // result row (batch, s), which no other item writes, and `result` outlives the
             // pool call.
-            let at = (batch * seq_len + s) * width + kv * group * dim;
+            let at = (batch * seq_len + s) * self.width() + kv * group * dim;
             let outputs =
                 unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(at), group * dim) };
             for t in 0..keys {
-                let value = values_at.row(batch, kv, first + t, dim);
+                let value = self.values_at.row(batch, kv, first + t, dim);
                 for (output, weights) in outputs
                     .chunks_exact_mut(dim)
                     .zip(weights.chunks_exact(keys))
@@ -649,8 +661,9 @@ impl SelfAttention {
                 }
             }
         };
-        candle_core::utils::barrier_pool()
-            .execute_chunked(b * kv_heads * seq_len, |items| items.for_each(attend_query));
+        candle_core::utils::barrier_pool().execute_chunked(self.b * kv_heads * seq_len, |items| {
+            items.for_each(attend_query)
+        });
         Ok(result)
     }
 
@@ -659,27 +672,10 @@ impl SelfAttention {
     /// the causal softmax, then its heads' outputs against panels of 32 value dimensions,
     /// written straight into the (batch, seq, width) result. candle's matmuls ran these on
     /// rayon's threads with AVX2 only, while candle's own pool spun beside them.
-    fn attend_in_panels(
-        kernel: Kernel,
-        inputs: &Inputs,
-        pos: usize,
-        window: Option<usize>,
-    ) -> Result<Vec<f32>> {
-        let &Inputs {
-            b,
-            n_head,
-            seq_len,
-            dim,
-            group,
-            kv_heads,
-            queries,
-            ref keys_at,
-            ref values_at,
-        } = inputs;
-        let width = n_head * dim;
-        let scale = 1.0 / (dim as f32).sqrt();
+    fn attend_in_panels(&self, kernel: Kernel) -> Result<Vec<f32>> {
+        let (group, kv_heads, seq_len, dim) = (self.group, self.kv_heads, self.seq_len, self.dim);
         let chunks = seq_len.div_ceil(QUERY_CHUNK);
-        let mut result = vec![0f32; b * seq_len * width];
+        let mut result = vec![0f32; self.b * seq_len * self.width()];
         let out = result.as_mut_ptr() as usize;
         let failure = std::sync::Mutex::new(None);
         let attend_chunk = |item: usize| -> Result<()> {
@@ -690,17 +686,16 @@ impl SelfAttention {
             );
             let start = chunk * QUERY_CHUNK;
             let len = QUERY_CHUNK.min(seq_len - start);
-            let keys = pos + start + len;
+            let keys = self.pos + start + len;
             let rows: Vec<&[f32]> = (0..group * len)
-                .map(|row| {
-                    let head = kv * group + row / len;
-                    &queries[((batch * n_head + head) * seq_len + start + row % len) * dim..][..dim]
-                })
+                .map(|row| self.query(batch, kv * group + row / len, start + row % len))
                 .collect();
             let mut scores = vec![0f32; rows.len() * keys];
             let mut panel = Panel::new(dim);
             for first in (0..keys).step_by(PANEL_ROWS) {
-                panel.fill_with(keys - first, |r, i| keys_at.get(batch, kv, first + r, i));
+                panel.fill_with(keys - first, |r, i| {
+                    self.keys_at.get(batch, kv, first + r, i)
+                });
                 // SAFETY: the scores are rows.len() × keys; the panel writes keys
                 // first..first + 32 of each row.
                 unsafe { panel.multiply(kernel, &rows, scores.as_mut_ptr().add(first), keys)? };
@@ -711,27 +706,35 @@ impl SelfAttention {
                 .zip(weights.chunks_exact_mut(keys))
                 .enumerate()
             {
-                let last = pos + start + row % len;
-                let first = window.map_or(0, |w| last.saturating_sub(w));
-                super::ops::softmax(scale, &scores[first..=last], &mut weights[first..=last]);
+                let last = self.pos + start + row % len;
+                let first = self.first_visible(last);
+                super::ops::softmax(
+                    self.scale(),
+                    &scores[first..=last],
+                    &mut weights[first..=last],
+                );
             }
             let weights: Vec<&[f32]> = weights.chunks_exact(keys).collect();
             let mut panel = Panel::new(keys);
             for first in (0..dim).step_by(PANEL_ROWS) {
-                panel.fill_with(dim - first, |r, i| values_at.get(batch, kv, i, first + r));
+                panel.fill_with(dim - first, |r, i| {
+                    self.values_at.get(batch, kv, i, first + r)
+                });
                 for (g, weights) in weights.chunks_exact(len).enumerate() {
                     let head = kv * group + g;
-                    let at = ((batch * seq_len + start) * n_head + head) * dim + first;
+                    let at = ((batch * seq_len + start) * self.n_head + head) * dim + first;
                     // SAFETY: this chunk's queries of `head` are result rows start..start +
                     // len (`width` apart), of which the panel writes values at..at + 32 of
                     // `head`'s dim; no other item writes them, and `result` outlives the
                     // pool call.
-                    unsafe { panel.multiply(kernel, weights, (out as *mut f32).add(at), width)? };
+                    unsafe {
+                        panel.multiply(kernel, weights, (out as *mut f32).add(at), self.width())?
+                    };
                 }
             }
             Ok(())
         };
-        candle_core::utils::barrier_pool().execute_chunked(b * kv_heads * chunks, |items| {
+        candle_core::utils::barrier_pool().execute_chunked(self.b * kv_heads * chunks, |items| {
             for item in items {
                 if let Err(error) = attend_chunk(item) {
                     if let Ok(mut failure) = failure.lock() {
@@ -744,10 +747,6 @@ impl SelfAttention {
             return Err(error);
         }
         Ok(result)
-    }
-
-    pub fn clear(&mut self) {
-        self.kv_cache.reset();
     }
 }
 

@@ -4,7 +4,7 @@
 //! positions of 4 rows once (F16C) and multiplies them with up to 4 activation rows.
 
 use super::panel::{Panel, PANEL_ROWS};
-use super::{check_input, in_chunks, in_streams, Kernel, Repacked, GRAIN_ROWS};
+use super::{check_input, in_chunks, in_parallel, Kernel, Repacked};
 use candle_core::Result;
 use half::f16;
 use std::sync::Arc;
@@ -210,11 +210,7 @@ impl Repacked for HalfRows {
                 done += step;
             }
         };
-        if m == 1 {
-            in_streams(n.div_ceil(block), GRAIN_ROWS / block, work);
-        } else {
-            in_chunks(n.div_ceil(block), 8, work);
-        }
+        in_parallel(m, n.div_ceil(block), block, work);
         Ok(result)
     }
 }

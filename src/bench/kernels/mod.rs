@@ -996,8 +996,7 @@ fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `work` over 0..items on candle's pool, each thread taking `shares` chunks of its share
-/// (the last to finish helps with what is left). Prompts are bound by arithmetic, and
-/// finer chunks balance the threads.
+/// (the last to finish helps with what is left).
 fn in_chunks(items: usize, shares: usize, work: impl Fn(Range<usize>) + Sync) {
     let pool = candle_core::utils::barrier_pool();
     let chunk = items.div_ceil((pool.n_workers() + 1) * shares).max(1);
@@ -1099,6 +1098,17 @@ impl Span {
     }
 }
 
+/// `work` over 0..items of `rows_per_item` weight rows each, against `m` activation rows: a
+/// single one streams the weights ([`in_streams`]), more are bound by arithmetic, and eight
+/// even chunks a thread balance them.
+fn in_parallel(m: usize, items: usize, rows_per_item: usize, work: impl Fn(Range<usize>) + Sync) {
+    if m == 1 {
+        in_streams(items, GRAIN_ROWS / rows_per_item, work);
+    } else {
+        in_chunks(items, 8, work);
+    }
+}
+
 /// One pass of a tile of weights over C activation rows: the 16 outputs for each.
 trait TilePass: Sync {
     type Row: ?Sized + Sync;
@@ -1189,11 +1199,7 @@ fn run_tiles<P: TilePass>(weights: &P, kernel: Kernel, n: usize, rows: &[&P::Row
             }
         }
     };
-    if m == 1 {
-        in_streams(n / TILE, GRAIN_ROWS / TILE, work);
-    } else {
-        in_chunks(n / TILE, 8, work);
-    }
+    in_parallel(m, n / TILE, TILE, work);
     result
 }
 
