@@ -3,11 +3,16 @@
 //!
 //!     cargo bench --bench kernels              # CANDLE_NUM_THREADS sets the threads
 //!     cargo bench --bench kernels -- streaming # only the streaming table
+//!     cargo bench --bench kernels -- ceiling   # only the in-cache table
+//!     cargo bench --bench kernels -- streaming Q4_1 Q5K  # only these formats
 //!
 //! Prints the median of 20 runs for each, and the ratio, for every SIMD kernel this CPU has
 //! (AVX2 beside AVX-512: what a desktop without AVX-512 runs). Then generation as it meets memory:
 //! m = 1 through 512 MiB of distinct matrices (far more than any cache), as GB/s and as a
-//! share of the box's read bandwidth (the same threads summing the same bytes).
+//! share of the box's read bandwidth (the same threads summing the same bytes). Then m = 1
+//! over a matrix that stays in cache: what the kernel could read if memory kept up. Two
+//! threads at this box's fast face each read all one thread can, so the streaming table
+//! with `CANDLE_NUM_THREADS=1` is the one that tells whether a kernel keeps up with memory.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -65,8 +70,21 @@ fn main() -> candle_core::Result<()> {
         return Ok(());
     }
     let (n, k) = (5632, 2048);
-    if std::env::args().any(|a| a == "streaming") {
-        return streaming(n, k);
+    let args: Vec<String> = std::env::args().collect();
+    let named: Vec<GgmlDType> = DTYPES
+        .into_iter()
+        .filter(|dtype| args.contains(&format!("{dtype:?}")))
+        .collect();
+    let formats = if named.is_empty() {
+        DTYPES.to_vec()
+    } else {
+        named
+    };
+    if args.iter().any(|a| a == "streaming") {
+        return streaming(&formats, n, k);
+    }
+    if args.iter().any(|a| a == "ceiling") {
+        return ceiling(&formats, k);
     }
     let kernels: Vec<Kernel> = Kernel::available()
         .into_iter()
@@ -74,7 +92,7 @@ fn main() -> candle_core::Result<()> {
         .collect();
     println!("| format | m | kernel | candle | fitbench | candle / fitbench |");
     println!("|---|---|---|---|---|---|");
-    for dtype in DTYPES {
+    for &dtype in &formats {
         let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let quantized = QTensor::quantize(&weights, dtype)?;
         let tiles = ours(dtype, quantized.data()?.to_vec(), n, k)?;
@@ -98,7 +116,8 @@ fn main() -> candle_core::Result<()> {
             }
         }
     }
-    streaming(n, k)
+    streaming(&formats, n, k)?;
+    ceiling(&formats, k)
 }
 
 const STREAMED_BYTES: usize = 512 << 20;
@@ -119,13 +138,13 @@ fn read_bandwidth() -> f64 {
     STREAMED_BYTES as f64 / seconds
 }
 
-fn streaming(n: usize, k: usize) -> candle_core::Result<()> {
+fn streaming(formats: &[GgmlDType], n: usize, k: usize) -> candle_core::Result<()> {
     // This VM's bandwidth jumps between about 45 and 75 GB/s within minutes, so each
     // format's rate is set against a read measured just before it, five times over, and the
     // median share is what counts.
     println!("\n| format | m = 1 over 512 MiB | read bandwidth | share (median of 5) |\n|---|---|---|---|");
     let x: Vec<f32> = Tensor::randn(0f32, 1.0, (k,), &Device::Cpu)?.to_vec1()?;
-    for dtype in DTYPES {
+    for &dtype in formats {
         let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let bytes = QTensor::quantize(&weights, dtype)?.data()?.to_vec();
         let copies = STREAMED_BYTES.div_ceil(bytes.len());
@@ -145,6 +164,37 @@ fn streaming(n: usize, k: usize) -> candle_core::Result<()> {
             .collect();
         rounds.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
         let (rate, roofline) = rounds[rounds.len() / 2];
+        println!(
+            "| {dtype:?} | {:.1} GB/s | {:.1} GB/s | {:.2} |",
+            rate / 1e9,
+            roofline / 1e9,
+            rate / roofline
+        );
+    }
+    Ok(())
+}
+
+/// m = 1 over 512 rows (1-2 MB, which stay in this box's L2 and L3), against the read
+/// bandwidth from memory: above 1, the kernel has time to spare for memory's pace.
+fn ceiling(formats: &[GgmlDType], k: usize) -> candle_core::Result<()> {
+    const REPEATS: usize = 200;
+    let n = 512;
+    println!(
+        "\n| format | m = 1 in cache | read bandwidth from memory | ratio |\n|---|---|---|---|"
+    );
+    let x: Vec<f32> = Tensor::randn(0f32, 1.0, (k,), &Device::Cpu)?.to_vec1()?;
+    for &dtype in formats {
+        let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+        let bytes = QTensor::quantize(&weights, dtype)?.data()?.to_vec();
+        let size = bytes.len();
+        let tiles = ours(dtype, bytes, n, k)?;
+        let roofline = read_bandwidth();
+        let seconds = median_seconds(|| {
+            for _ in 0..REPEATS {
+                let _ = std::hint::black_box(tiles.matmul(&x, 1));
+            }
+        }) / REPEATS as f64;
+        let rate = size as f64 / seconds;
         println!(
             "| {dtype:?} | {:.1} GB/s | {:.1} GB/s | {:.2} |",
             rate / 1e9,

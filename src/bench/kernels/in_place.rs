@@ -373,68 +373,106 @@ mod x86 {
     /// at a time, a row cost three times the instructions, and Q4_1 generation was bound by
     /// them: 42-44 GB/s against 49 for Q6_K's rows on the same box. A row's last blocks go
     /// through the same steps, masked, rather than a scalar tail: SmolLM2's 18-block rows
-    /// ran 3.4× slower with one.
+    /// ran 3.4× slower with one. Only that last quad works out its masks: doing so for every
+    /// quad cost one thread 0.06-0.15 of its streaming rate.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_quads<const F: usize>(row: &[u8], quads: &[Quad]) -> f32 {
-        let format = Format::ALL[F];
-        let size = format.block_bytes();
-        let quants_word = format.quants_at() / 2;
-        let nibbles_at = word_picks(format, |w| (w / 8, quants_word + w % 8));
-        // Scales in words 0-15, each block's over its 4 lanes; minimums in words 16-31.
-        let halves_at = word_picks(format, |w| (w % 16 / 4, w / 16));
-        // The high bits' first 16 (of the low values) in words 0-3, the last 16 in 4-7.
-        let high_bits_at = word_picks(format, |w| {
-            (w % 4, quants_word.saturating_sub(2) + w / 4 % 2)
-        });
-        let nibble_mask = _mm512_set1_epi8(0x0f);
-        let sixteen = _mm512_set1_epi8(16);
+        let picks = Picks::new(Format::ALL[F]);
+        let quad_bytes = 4 * Format::ALL[F].block_bytes();
+        let whole = row.len() / quad_bytes;
         let at = row.as_ptr();
-        let mut acc = [_mm512_setzero_ps(); 2];
-        for (i, quad) in quads.iter().enumerate() {
-            let blocks = at.add(4 * i * size);
-            _mm_prefetch::<_MM_HINT_T0>(blocks.wrapping_add(PREFETCH) as *const i8);
-            // Four blocks are 72-96 bytes, and a row's last quad may hold fewer: the two
-            // registers load only what is there (zeros, against zero activations, for the
-            // rest), so nothing past the row, or the mapping, is read.
-            let (first_bytes, second_bytes) = masks((row.len() - 4 * i * size).min(4 * size));
-            let first = _mm512_maskz_loadu_epi8(first_bytes, blocks as *const i8);
-            let second = _mm512_maskz_loadu_epi8(second_bytes, blocks.add(64) as *const i8);
-            let nibbles = _mm512_permutex2var_epi16(first, nibbles_at, second);
-            let mut low = _mm512_and_si512(nibbles, nibble_mask);
-            let mut high = _mm512_and_si512(_mm512_srli_epi16::<4>(nibbles), nibble_mask);
-            if format.high_planes() == 1 {
-                let bits =
-                    _mm512_castsi512_si128(_mm512_permutex2var_epi16(first, high_bits_at, second));
-                let (low_bits, high_bits) = (
-                    _mm_cvtsi128_si64(bits) as u64,
-                    _mm_extract_epi64::<1>(bits) as u64,
-                );
-                low = _mm512_mask_add_epi8(low, low_bits, low, sixteen);
-                high = _mm512_mask_add_epi8(high, high_bits, high, sixteen);
-            }
-            let sums = _mm512_dpbusd_epi32(
-                _mm512_load_si512(quad.bias.as_ptr() as *const _),
-                low,
-                _mm512_load_si512(quad.low.as_ptr() as *const _),
-            );
-            let sums = _mm512_dpbusd_epi32(
-                sums,
-                high,
-                _mm512_load_si512(quad.high.as_ptr() as *const _),
-            );
-            let halves = _mm512_permutex2var_epi16(first, halves_at, second);
-            let scales = _mm512_mul_ps(
-                _mm512_cvtph_ps(_mm512_castsi512_si256(halves)),
-                _mm512_load_ps(quad.d.as_ptr()),
-            );
-            let a = &mut acc[i % 2];
-            *a = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(sums), *a);
-            if format.has_min() {
-                let minimums = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(halves));
-                *a = _mm512_fmadd_ps(minimums, _mm512_load_ps(quad.s.as_ptr()), *a);
+        let mut acc = _mm512_setzero_ps();
+        for (i, quad) in quads.iter().enumerate().take(whole) {
+            let blocks = at.add(i * quad_bytes);
+            acc = quad_into::<F>(acc, blocks, masks(quad_bytes), quad, &picks);
+        }
+        // The two registers load only what the last quad holds (zeros, against zero
+        // activations, for the rest), so nothing past the row, or the mapping, is read.
+        if let Some(quad) = quads.get(whole) {
+            let offset = whole * quad_bytes;
+            let last = masks(row.len() - offset);
+            acc = quad_into::<F>(acc, at.add(offset), last, quad, &picks);
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    /// The permutes' indices and the byte constants [`dot_quads`] uses for `format`.
+    struct Picks {
+        nibbles_at: __m512i,
+        /// Scales in words 0-15, each block's over its 4 lanes; minimums in words 16-31.
+        halves_at: __m512i,
+        /// The high bits' first 16 (of the low values) in words 0-3, the last 16 in 4-7.
+        high_bits_at: __m512i,
+        nibble_mask: __m512i,
+        sixteen: __m512i,
+    }
+
+    impl Picks {
+        #[inline(always)]
+        unsafe fn new(format: Format) -> Picks {
+            let quants_word = format.quants_at() / 2;
+            Picks {
+                nibbles_at: word_picks(format, |w| (w / 8, quants_word + w % 8)),
+                halves_at: word_picks(format, |w| (w % 16 / 4, w / 16)),
+                high_bits_at: word_picks(format, |w| {
+                    (w % 4, quants_word.saturating_sub(2) + w / 4 % 2)
+                }),
+                nibble_mask: _mm512_set1_epi8(0x0f),
+                sixteen: _mm512_set1_epi8(16),
             }
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    /// `acc` plus one quad of blocks at `blocks`, of which the two masks load 64 bytes each.
+    #[inline(always)]
+    unsafe fn quad_into<const F: usize>(
+        acc: __m512,
+        blocks: *const u8,
+        (first_bytes, second_bytes): (__mmask64, __mmask64),
+        quad: &Quad,
+        picks: &Picks,
+    ) -> __m512 {
+        let format = Format::ALL[F];
+        _mm_prefetch::<_MM_HINT_T0>(blocks.wrapping_add(PREFETCH) as *const i8);
+        let first = _mm512_maskz_loadu_epi8(first_bytes, blocks as *const i8);
+        let second = _mm512_maskz_loadu_epi8(second_bytes, blocks.add(64) as *const i8);
+        let nibbles = _mm512_permutex2var_epi16(first, picks.nibbles_at, second);
+        let mut low = _mm512_and_si512(nibbles, picks.nibble_mask);
+        let mut high = _mm512_and_si512(_mm512_srli_epi16::<4>(nibbles), picks.nibble_mask);
+        if format.high_planes() == 1 {
+            let bits = _mm512_castsi512_si128(_mm512_permutex2var_epi16(
+                first,
+                picks.high_bits_at,
+                second,
+            ));
+            let (low_bits, high_bits) = (
+                _mm_cvtsi128_si64(bits) as u64,
+                _mm_extract_epi64::<1>(bits) as u64,
+            );
+            low = _mm512_mask_add_epi8(low, low_bits, low, picks.sixteen);
+            high = _mm512_mask_add_epi8(high, high_bits, high, picks.sixteen);
+        }
+        let sums = _mm512_dpbusd_epi32(
+            _mm512_load_si512(quad.bias.as_ptr() as *const _),
+            low,
+            _mm512_load_si512(quad.low.as_ptr() as *const _),
+        );
+        let sums = _mm512_dpbusd_epi32(
+            sums,
+            high,
+            _mm512_load_si512(quad.high.as_ptr() as *const _),
+        );
+        let halves = _mm512_permutex2var_epi16(first, picks.halves_at, second);
+        let scales = _mm512_mul_ps(
+            _mm512_cvtph_ps(_mm512_castsi512_si256(halves)),
+            _mm512_load_ps(quad.d.as_ptr()),
+        );
+        let acc = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(sums), acc);
+        if format.has_min() {
+            let minimums = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(halves));
+            return _mm512_fmadd_ps(minimums, _mm512_load_ps(quad.s.as_ptr()), acc);
+        }
+        acc
     }
 
     /// The byte masks of two 64-byte registers that load `bytes` (at most 128).

@@ -53,8 +53,12 @@ pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// How far ahead of the weights being read they are fetched into cache, by every kernel that
-/// streams them: the hardware prefetcher stops at each page.
-pub(super) const PREFETCH: usize = 4096;
+/// streams them: the hardware prefetcher stops at each page. One thread streaming m = 1
+/// (`CANDLE_NUM_THREADS=1 cargo bench --bench kernels -- streaming`) read 0.77-0.94 of what
+/// it reads when only summing at 4 KiB ahead (Q5_K 0.58), 0.89-1.04 at 8 KiB, and no better
+/// at 16 or 32 KiB (f16 and the tiles worse): two threads at the box's fast face each need
+/// all that one thread can read.
+pub(super) const PREFETCH: usize = 8192;
 
 /// Group g (4 bytes) of 8-bit activations, for every 32-bit lane.
 #[inline(always)]
