@@ -5,7 +5,7 @@
 //! sub-block with a 16-bit multiply-add; Q6_K's +32 and Q5_K's minimums come off once per
 //! super-block, through the activations' sums.
 
-use super::{scales_and_mins, ActivationsK, Format, Unpacked, BLOCK};
+use super::{ActivationsK, Format, Unpacked, BLOCK};
 use half::f16;
 
 /// One row against `x`, with candle's arithmetic: Q6_K sums d · Σ sc · Σ (v − 32)·q per
@@ -53,7 +53,7 @@ pub fn portable_dot(format: Format, row: &[u8], x: &[ActivationsK]) -> f32 {
 pub mod x86 {
     use super::super::x86::{half_at as half, PREFETCH};
     use super::super::{Part, Scales, SUPER_BLOCK, TILE};
-    use super::{scales_and_mins, ActivationsK, Format};
+    use super::{ActivationsK, Format};
     use std::arch::x86_64::*;
 
     /// For each of the 4 registers of a super-block's products (32 pair sums each), the
@@ -208,7 +208,7 @@ pub mod x86 {
     }
 
     /// A Q5_K super-block's eight 6-bit scales and eight minimums, as 16-bit lanes:
-    /// [`scales_and_mins`] in registers. The scalar one, called for each super-block, took
+    /// [`super::super::scales_and_mins`] in registers. The scalar one, called for each super-block, took
     /// over a third of the kernel's time, and one thread streamed Q5_K at 22 GB/s against
     /// 31-35 for the other formats.
     #[inline(always)]
@@ -359,18 +359,22 @@ pub mod x86 {
         let nibble = _mm256_set1_epi8(0x0f);
         let bit = _mm256_set1_epi8(0x01);
         let mut acc = _mm256_setzero_ps();
-        let mut extra = 0f32;
+        let mut min_acc = _mm_setzero_ps();
         for (block, a) in row.chunks_exact(176).zip(x) {
             let b = block.as_ptr();
             prefetch(b, 176);
-            let (scales, mins) = scales_and_mins(&block[4..16]);
-            let (scales, mins) = (scales.to_le_bytes(), mins.to_le_bytes());
-            let min_sum: i32 = mins
-                .iter()
-                .zip(a.unit_sums)
-                .map(|(&m, s)| i32::from(m) * i32::from(s))
-                .sum();
-            extra -= half(b, 2) * a.d * min_sum as f32;
+            let (scales, mins) = q5k_scales_and_mins(b);
+            let min_sums = _mm_madd_epi16(
+                mins,
+                _mm_loadu_si128(a.unit_sums.as_ptr() as *const __m128i),
+            );
+            min_acc = _mm_fmadd_ps(
+                _mm_set1_ps(half(b, 2) * a.d),
+                _mm_cvtepi32_ps(min_sums),
+                min_acc,
+            );
+            let mut unit_scales = [0i16; 8];
+            _mm_storeu_si128(unit_scales.as_mut_ptr() as *mut __m128i, scales);
             let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
             let mut sums = _mm256_setzero_si256();
             for i in 0..4 {
@@ -383,7 +387,7 @@ pub mod x86 {
                         _mm256_and_si256(low, nibble),
                         _mm256_slli_epi16::<4>(_mm256_and_si256(high, bit)),
                     );
-                    let scale = i16::from(scales[unit]);
+                    let scale = unit_scales[unit];
                     let q = a.q.as_ptr().add(32 * unit);
                     sums = _mm256_add_epi32(sums, scaled(values, q, scale, scale));
                 }
@@ -393,6 +397,8 @@ pub mod x86 {
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        lanes.iter().sum::<f32>() + extra
+        let mut mins = [0f32; 4];
+        _mm_storeu_ps(mins.as_mut_ptr(), min_acc);
+        lanes.iter().sum::<f32>() - mins.iter().sum::<f32>()
     }
 }
