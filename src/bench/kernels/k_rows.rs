@@ -208,9 +208,9 @@ pub mod x86 {
     }
 
     /// A Q5_K super-block's eight 6-bit scales and eight minimums, as 16-bit lanes:
-    /// [`super::super::scales_and_mins`] in registers. The scalar one, called for each super-block, took
-    /// over a third of the kernel's time, and one thread streamed Q5_K at 22 GB/s against
-    /// 31-35 for the other formats.
+    /// [`super::super::scales_and_mins`] in registers. The scalar one, called for each
+    /// super-block, took over a third of the kernel's time, and one thread streamed Q5_K at
+    /// 22 GB/s against 31-35 for the other formats.
     #[inline(always)]
     unsafe fn q5k_scales_and_mins(block: *const u8) -> (__m128i, __m128i) {
         // Words 0-2 of the 12 packed bytes at 4 (w0, w1, w2); the fourth lane is not used.
@@ -234,6 +234,25 @@ pub mod x86 {
         )
     }
 
+    /// `min_acc` plus a Q5_K super-block's dmin · d · Σ m · Σq, over 4 lanes.
+    #[inline(always)]
+    unsafe fn add_minimums(
+        min_acc: __m128,
+        b: *const u8,
+        mins: __m128i,
+        a: &ActivationsK,
+    ) -> __m128 {
+        let min_sums = _mm_madd_epi16(
+            mins,
+            _mm_loadu_si128(a.unit_sums.as_ptr() as *const __m128i),
+        );
+        _mm_fmadd_ps(
+            _mm_set1_ps(half(b, 2) * a.d),
+            _mm_cvtepi32_ps(min_sums),
+            min_acc,
+        )
+    }
+
     /// [`super::portable_dot`] for Q5_K with AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q5k_vnni(row: &[u8], x: &[ActivationsK]) -> f32 {
@@ -244,15 +263,7 @@ pub mod x86 {
             let b = block.as_ptr();
             prefetch(b, 176);
             let (scales, mins) = q5k_scales_and_mins(b);
-            let min_sums = _mm_madd_epi16(
-                mins,
-                _mm_loadu_si128(a.unit_sums.as_ptr() as *const __m128i),
-            );
-            min_acc = _mm_fmadd_ps(
-                _mm_set1_ps(half(b, 2) * a.d),
-                _mm_cvtepi32_ps(min_sums),
-                min_acc,
-            );
+            min_acc = add_minimums(min_acc, b, mins, a);
             let sums = scaled_sums(
                 _mm512_setzero_si512(),
                 q5k_values(b),
@@ -364,15 +375,7 @@ pub mod x86 {
             let b = block.as_ptr();
             prefetch(b, 176);
             let (scales, mins) = q5k_scales_and_mins(b);
-            let min_sums = _mm_madd_epi16(
-                mins,
-                _mm_loadu_si128(a.unit_sums.as_ptr() as *const __m128i),
-            );
-            min_acc = _mm_fmadd_ps(
-                _mm_set1_ps(half(b, 2) * a.d),
-                _mm_cvtepi32_ps(min_sums),
-                min_acc,
-            );
+            min_acc = add_minimums(min_acc, b, mins, a);
             let mut unit_scales = [0i16; 8];
             _mm_storeu_si128(unit_scales.as_mut_ptr() as *mut __m128i, scales);
             let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
