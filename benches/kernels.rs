@@ -145,8 +145,7 @@ fn streaming(formats: &[GgmlDType], n: usize, k: usize) -> candle_core::Result<(
     println!("\n| format | m = 1 over 512 MiB | read bandwidth | share (median of 5) |\n|---|---|---|---|");
     let x: Vec<f32> = Tensor::randn(0f32, 1.0, (k,), &Device::Cpu)?.to_vec1()?;
     for &dtype in formats {
-        let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
-        let bytes = QTensor::quantize(&weights, dtype)?.data()?.to_vec();
+        let bytes = random_matrix(dtype, n, k)?;
         let copies = STREAMED_BYTES.div_ceil(bytes.len());
         let matrices = (0..copies)
             .map(|_| ours(dtype, bytes.clone(), n, k))
@@ -164,14 +163,25 @@ fn streaming(formats: &[GgmlDType], n: usize, k: usize) -> candle_core::Result<(
             .collect();
         rounds.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
         let (rate, roofline) = rounds[rounds.len() / 2];
-        println!(
-            "| {dtype:?} | {:.1} GB/s | {:.1} GB/s | {:.2} |",
-            rate / 1e9,
-            roofline / 1e9,
-            rate / roofline
-        );
+        print_rate(dtype, rate, roofline);
     }
     Ok(())
+}
+
+/// The file bytes of a random n × k matrix in `dtype`.
+fn random_matrix(dtype: GgmlDType, n: usize, k: usize) -> candle_core::Result<Vec<u8>> {
+    let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
+    Ok(QTensor::quantize(&weights, dtype)?.data()?.to_vec())
+}
+
+/// One table row: a kernel's rate in bytes per second against the read bandwidth.
+fn print_rate(dtype: GgmlDType, rate: f64, roofline: f64) {
+    println!(
+        "| {dtype:?} | {:.1} GB/s | {:.1} GB/s | {:.2} |",
+        rate / 1e9,
+        roofline / 1e9,
+        rate / roofline
+    );
 }
 
 /// m = 1 over 512 rows (1-2 MB, which stay in this box's L2 and L3), against the read
@@ -184,8 +194,7 @@ fn ceiling(formats: &[GgmlDType], k: usize) -> candle_core::Result<()> {
     );
     let x: Vec<f32> = Tensor::randn(0f32, 1.0, (k,), &Device::Cpu)?.to_vec1()?;
     for &dtype in formats {
-        let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
-        let bytes = QTensor::quantize(&weights, dtype)?.data()?.to_vec();
+        let bytes = random_matrix(dtype, n, k)?;
         let size = bytes.len();
         let tiles = ours(dtype, bytes, n, k)?;
         let roofline = read_bandwidth();
@@ -194,13 +203,7 @@ fn ceiling(formats: &[GgmlDType], k: usize) -> candle_core::Result<()> {
                 let _ = std::hint::black_box(tiles.matmul(&x, 1));
             }
         }) / REPEATS as f64;
-        let rate = size as f64 / seconds;
-        println!(
-            "| {dtype:?} | {:.1} GB/s | {:.1} GB/s | {:.2} |",
-            rate / 1e9,
-            roofline / 1e9,
-            rate / roofline
-        );
+        print_rate(dtype, size as f64 / seconds, roofline);
     }
     Ok(())
 }
