@@ -377,8 +377,9 @@ mod x86 {
     /// quad cost one thread 0.06-0.15 of its streaming rate.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_quads<const F: usize>(row: &[u8], quads: &[Quad]) -> f32 {
-        let picks = Picks::new(Format::ALL[F]);
-        let quad_bytes = 4 * Format::ALL[F].block_bytes();
+        let format = Format::ALL[F];
+        let picks = Picks::new(format);
+        let quad_bytes = 4 * format.block_bytes();
         let whole = row.len() / quad_bytes;
         let at = row.as_ptr();
         let mut acc = _mm512_setzero_ps();

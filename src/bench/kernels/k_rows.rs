@@ -253,6 +253,13 @@ pub mod x86 {
         )
     }
 
+    #[inline(always)]
+    unsafe fn sum_lanes(v: __m128) -> f32 {
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), v);
+        lanes.iter().sum()
+    }
+
     /// [`super::portable_dot`] for Q5_K with AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_q5k_vnni(row: &[u8], x: &[ActivationsK]) -> f32 {
@@ -274,9 +281,7 @@ pub mod x86 {
             let d = _mm512_set1_ps(half(b, 0) * a.d);
             acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sums), acc);
         }
-        let mut mins = [0f32; 4];
-        _mm_storeu_ps(mins.as_mut_ptr(), min_acc);
-        _mm512_reduce_add_ps(acc) - mins.iter().sum::<f32>()
+        _mm512_reduce_add_ps(acc) - sum_lanes(min_acc)
     }
 
     /// Repacks `bytes`, the file's 16 rows of `blocks` Q5_K or Q6_K super-blocks, into `tile`,
@@ -400,8 +405,6 @@ pub mod x86 {
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        let mut mins = [0f32; 4];
-        _mm_storeu_ps(mins.as_mut_ptr(), min_acc);
-        lanes.iter().sum::<f32>() - mins.iter().sum::<f32>()
+        lanes.iter().sum::<f32>() - sum_lanes(min_acc)
     }
 }
