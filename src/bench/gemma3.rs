@@ -9,9 +9,8 @@
 //!   stays quantized, rows are dequantized as tokens are looked up, and the tied output
 //!   projection multiplies by the same quantized tensor.
 
-use super::layers::{metadata, Embedding, Linear, Rope, SelfAttention, Tensors};
-use candle_core::{IndexOp, Module, Result, Tensor};
-use candle_transformers::quantized_nn::RmsNorm;
+use super::layers::{add, metadata, Embedding, Linear, RmsNorm, Rope, SelfAttention, Tensors};
+use candle_core::{Device, IndexOp, Result, Tensor};
 use std::sync::Arc;
 
 // The defaults candle's loader uses when the GGUF leaves a key out.
@@ -63,6 +62,28 @@ impl Layer {
             .apply_op2_no_bwd(&self.up.forward(&normed)?, &super::ops::SiluTimes)?;
         let mlp = self.down.forward(&gated)?;
         self.post_ffn_norm.forward(&mlp)? + x
+    }
+
+    /// One token through the layer on plain values, as [`Layer::forward`] on a tensor.
+    fn step(&mut self, x: &mut [f32], pos: usize) -> Result<()> {
+        let normed = self.attention_norm.apply(x)?;
+        let dim = self.attention.head_dim;
+        let q = self.q_norm.apply(&self.wq.apply(&normed)?)?;
+        let k = self.k_norm.apply(&self.wk.apply(&normed)?)?;
+        let (q, k) = (
+            self.rope.rotate(&q, dim, pos)?,
+            self.rope.rotate(&k, dim, pos)?,
+        );
+        let v = self.wv.apply(&normed)?;
+        let out = self
+            .attention
+            .attend_one((&q, &k, &v), pos, self.sliding_window)?;
+        add(x, &self.post_attention_norm.apply(&self.wo.apply(&out)?)?)?;
+        let normed = self.ffn_norm.apply(x)?;
+        let (gate, up) = (self.gate.apply(&normed)?, self.up.apply(&normed)?);
+        let mut gated = vec![0f32; gate.len()];
+        super::ops::silu_times(&gate, &up, &mut gated);
+        add(x, &self.post_ffn_norm.apply(&self.down.apply(&gated)?)?)
     }
 }
 
@@ -151,12 +172,29 @@ impl Gemma3 {
 
     /// Runs `ids` (batch, seq) at positions `pos..`; the last position's logits.
     pub fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
-        let seq_len = ids.dim(1)?;
+        let (batch, seq_len) = ids.dims2()?;
+        if (batch, seq_len) == (1, 1) {
+            return self.step(ids.flatten_all()?.to_vec1::<u32>()?[0], pos);
+        }
         let mut x = (self.embedding.forward(ids)? * (self.embedding.width as f64).sqrt())?;
         for layer in &mut self.layers {
             x = layer.forward(&x, pos)?;
         }
         let last = self.norm.forward(&x.i((.., seq_len - 1, ..))?)?;
         self.output.forward(&last)
+    }
+
+    /// Generation's one token at `pos`, on plain values (see `Llama::step`).
+    fn step(&mut self, id: u32, pos: usize) -> Result<Tensor> {
+        let mut x = vec![0f32; self.embedding.width];
+        self.embedding.row(id, &mut x)?;
+        let scale = (self.embedding.width as f32).sqrt();
+        x.iter_mut().for_each(|v| *v *= scale);
+        for layer in &mut self.layers {
+            layer.step(&mut x, pos)?;
+        }
+        let logits = self.output.apply(&self.norm.apply(&x)?)?;
+        let vocab = logits.len();
+        Tensor::from_vec(logits, (1, vocab), &Device::Cpu)
     }
 }

@@ -7,7 +7,6 @@ use super::kernels::{
 };
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{CpuStorage, Device, Layout, Module, Result, Storage, Tensor};
-use candle_nn::kv_cache::KvCache;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -257,6 +256,69 @@ impl Linear {
             }
         }
     }
+
+    /// One input row times the transpose of the weights, with no tensor around it.
+    pub fn apply(&self, x: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Linear::Own(tiles) => tiles.matmul(x, 1),
+            Linear::Candle(m) => m
+                .forward(&Tensor::from_slice(x, (1, x.len()), &Device::Cpu)?)?
+                .flatten_all()?
+                .to_vec1(),
+        }
+    }
+}
+
+/// Root-mean-square normalization with a learned scale, as candle's `rms_norm` computes it,
+/// on tensors or on one row of plain values.
+pub struct RmsNorm {
+    weight: Tensor,
+    scale: Vec<f32>,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn from_qtensor(weight: QTensor, eps: f64) -> Result<RmsNorm> {
+        let weight = weight.dequantize(&Device::Cpu)?;
+        Ok(RmsNorm {
+            scale: weight.flatten_all()?.to_vec1()?,
+            weight,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalizes the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+
+    /// `x`, rows of the norm's width (a vector, or one per head), each normalized.
+    pub fn apply(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let width = self.scale.len();
+        if width == 0 || !x.len().is_multiple_of(width) {
+            candle_core::bail!("a norm of {width} values cannot take {} values", x.len());
+        }
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(width) {
+            let squares: f32 = super::ops::lanes(row, 0.0, |sum, v| sum + v * v)
+                .iter()
+                .sum();
+            let rms = (squares / width as f32 + self.eps).sqrt();
+            out.extend(row.iter().zip(&self.scale).map(|(v, s)| v / rms * s));
+        }
+        Ok(out)
+    }
+}
+
+/// `x += y`, value by value.
+pub fn add(x: &mut [f32], y: &[f32]) -> Result<()> {
+    if x.len() != y.len() {
+        candle_core::bail!("cannot add {} values to {}", y.len(), x.len());
+    }
+    for (x, y) in x.iter_mut().zip(y) {
+        *x += y;
+    }
+    Ok(())
 }
 
 /// The token embedding, kept in its quantized form: rows are dequantized as tokens are
@@ -302,31 +364,45 @@ impl Embedding {
         let ids = ids.flatten_all()?.to_vec1::<u32>()?;
         let mut values = vec![0f32; ids.len() * self.width];
         for (id, out) in ids.into_iter().zip(values.chunks_exact_mut(self.width)) {
-            let id = id as usize;
-            if id >= self.vocab {
-                candle_core::bail!(
-                    "token id {id} is outside the {} token vocabulary",
-                    self.vocab
-                );
-            }
-            match &self.rows {
-                Rows::Tiled(tiles) => tiles.dequantize_row(id, out)?,
-                Rows::Quantized {
-                    table,
-                    dtype,
-                    row_bytes,
-                } => {
-                    let data = table.data()?;
-                    let bytes = &data[id * row_bytes..(id + 1) * row_bytes];
-                    let row = QTensor::new(
-                        QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, *dtype)?,
-                        (1, self.width),
-                    )?;
-                    out.copy_from_slice(&row.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?);
-                }
-            }
+            self.row(id, out)?;
         }
         Tensor::from_vec(values, (batch, seq_len, self.width), &Device::Cpu)
+    }
+
+    /// Token `id`'s row, dequantized into `out` (width values).
+    pub fn row(&self, id: u32, out: &mut [f32]) -> Result<()> {
+        let id = id as usize;
+        if id >= self.vocab {
+            candle_core::bail!(
+                "token id {id} is outside the {} token vocabulary",
+                self.vocab
+            );
+        }
+        match &self.rows {
+            Rows::Tiled(tiles) => tiles.dequantize_row(id, out),
+            Rows::Quantized {
+                table,
+                dtype,
+                row_bytes,
+            } => {
+                let data = table.data()?;
+                let bytes = &data[id * row_bytes..(id + 1) * row_bytes];
+                let row = QTensor::new(
+                    QStorage::from_data(Cow::Borrowed(bytes), &Device::Cpu, *dtype)?,
+                    (1, self.width),
+                )?;
+                let values: Vec<f32> = row.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+                if out.len() != values.len() {
+                    candle_core::bail!(
+                        "an embedding row of {} values cannot fill {}",
+                        values.len(),
+                        out.len()
+                    );
+                }
+                out.copy_from_slice(&values);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -356,6 +432,29 @@ impl Rope {
         }
     }
 
+    /// Rotates `x`, heads of `dim` values at one position, `pos`.
+    pub fn rotate(&self, x: &[f32], dim: usize, pos: usize) -> Result<Vec<f32>> {
+        let half = dim / 2;
+        let at = pos * half;
+        if dim == 0
+            || !dim.is_multiple_of(2)
+            || !x.len().is_multiple_of(dim)
+            || at + half > self.cos.len()
+        {
+            candle_core::bail!(
+                "cannot rotate {} values in heads of {dim} at position {pos} with {} table values",
+                x.len(),
+                self.cos.len()
+            );
+        }
+        let table = (&self.cos[at..at + half], &self.sin[at..at + half]);
+        let mut out = vec![0f32; x.len()];
+        for (head, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            super::ops::rotate_head(head, table, self.interleaved, out);
+        }
+        Ok(out)
+    }
+
     /// Rotates `x` (batch, seq, heads, dim) for positions `pos..`.
     pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
         super::ops::apply(
@@ -383,35 +482,115 @@ fn f32_values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// A (batch, heads, positions, dim) f32 CPU tensor read through its strides (the KV cache
-/// is a view of a larger buffer), dim contiguous.
+/// Cached keys or values, (batch, head, position, dim) with room for `capacity` positions
+/// a head: appending a token copies one token, not the whole cache.
+struct Cache {
+    values: Vec<f32>,
+    batch: usize,
+    heads: usize,
+    dim: usize,
+    capacity: usize,
+    len: usize,
+}
+
+impl Cache {
+    fn new(heads: usize, dim: usize, capacity: usize) -> Cache {
+        Cache {
+            values: Vec::new(),
+            batch: 1,
+            heads,
+            dim,
+            capacity: capacity.max(1),
+            len: 0,
+        }
+    }
+
+    /// Appends `x`, (batch, seq, heads, dim), after the `pos` positions held: the first
+    /// position empties the cache.
+    fn append(&mut self, x: &[f32], batch: usize, pos: usize) -> Result<()> {
+        let per_position = batch * self.heads * self.dim;
+        if pos == 0 {
+            (self.len, self.batch) = (0, batch);
+        }
+        if pos != self.len || batch != self.batch || per_position == 0 {
+            candle_core::bail!(
+                "cannot append a batch of {batch} at position {pos} to a cache of {} positions for a batch of {}",
+                self.len,
+                self.batch
+            );
+        }
+        if !x.len().is_multiple_of(per_position) {
+            candle_core::bail!(
+                "{} values are not whole positions of {} heads of {}",
+                x.len(),
+                batch * self.heads,
+                self.dim
+            );
+        }
+        let seq_len = x.len() / per_position;
+        if self.values.is_empty() || self.len + seq_len > self.capacity {
+            self.grow(self.capacity.max((self.len + seq_len).next_power_of_two()));
+        }
+        let dim = self.dim;
+        for (i, values) in x.chunks_exact(dim).enumerate() {
+            let (b, s, h) = (
+                i / (seq_len * self.heads),
+                i / self.heads % seq_len,
+                i % self.heads,
+            );
+            let at = ((b * self.heads + h) * self.capacity + self.len + s) * dim;
+            self.values[at..at + dim].copy_from_slice(values);
+        }
+        self.len += seq_len;
+        Ok(())
+    }
+
+    /// Room for `capacity` positions, the held ones kept.
+    fn grow(&mut self, capacity: usize) {
+        let rows = self.batch * self.heads;
+        let mut values = vec![0f32; rows * capacity * self.dim];
+        let held = self.len * self.dim;
+        if held > 0 {
+            for (new, old) in values
+                .chunks_exact_mut(capacity * self.dim)
+                .zip(self.values.chunks_exact(self.capacity * self.dim))
+            {
+                new[..held].copy_from_slice(&old[..held]);
+            }
+        }
+        (self.values, self.capacity) = (values, capacity);
+    }
+
+    fn strided(&self) -> Strided<'_> {
+        Strided {
+            values: &self.values,
+            strides: [
+                self.heads * self.capacity * self.dim,
+                self.capacity * self.dim,
+                self.dim,
+            ],
+        }
+    }
+
+    /// The held positions as a (batch, heads, positions, dim) tensor, for candle's matmuls.
+    fn tensor(&self) -> Result<Tensor> {
+        let all = Tensor::from_slice(
+            &self.values,
+            (self.batch, self.heads, self.capacity, self.dim),
+            &Device::Cpu,
+        )?;
+        all.narrow(2, 0, self.len)?.contiguous()
+    }
+}
+
+/// Keys or values read through their strides (the cache holds room for later positions),
+/// dim contiguous.
 struct Strided<'a> {
     values: &'a [f32],
     strides: [usize; 3],
 }
 
-impl<'a> Strided<'a> {
-    fn new(storage: &'a Storage, layout: &Layout) -> Result<Strided<'a>> {
-        let (Storage::Cpu(CpuStorage::F32(values)), [s0, s1, s2, 1]) = (storage, layout.stride())
-        else {
-            candle_core::bail!("attention takes f32 keys and values on the CPU, dim contiguous");
-        };
-        let dims = layout.dims();
-        let last = layout.start_offset()
-            + dims
-                .iter()
-                .zip(layout.stride())
-                .map(|(d, s)| d.saturating_sub(1) * s)
-                .sum::<usize>();
-        if dims.len() != 4 || dims.contains(&0) || last >= values.len() {
-            candle_core::bail!("keys and values of shape {dims:?} do not fit their storage");
-        }
-        Ok(Strided {
-            values: &values[layout.start_offset()..],
-            strides: [*s0, *s1, *s2],
-        })
-    }
-
+impl Strided<'_> {
     fn get(&self, batch: usize, head: usize, position: usize, i: usize) -> f32 {
         let [s0, s1, s2] = self.strides;
         self.values[batch * s0 + head * s1 + position * s2 + i]
@@ -448,9 +627,8 @@ pub struct SelfAttention {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
-    /// Keys and values preallocated for the run: appending one token copies one token, not
-    /// the whole cache.
-    kv_cache: KvCache,
+    keys: Cache,
+    values: Cache,
 }
 
 impl SelfAttention {
@@ -465,7 +643,8 @@ impl SelfAttention {
             n_head,
             n_kv_head,
             head_dim,
-            kv_cache: KvCache::new(2, positions.max(1)),
+            keys: Cache::new(n_kv_head, head_dim, positions),
+            values: Cache::new(n_kv_head, head_dim, positions),
         }
     }
 
@@ -501,24 +680,20 @@ impl SelfAttention {
         window: Option<usize>,
     ) -> Result<Tensor> {
         let (b, seq_len, _, _) = q.dims4()?;
-        if pos == 0 {
-            self.kv_cache.reset();
+        if k.dims() != v.dims() {
+            candle_core::bail!("keys {:?} and values {:?} differ", k.dims(), v.dims());
         }
-        let heads_first = |x: &Tensor| x.transpose(1, 2)?.contiguous();
-        let (k, v) = self.kv_cache.append(&heads_first(k)?, &heads_first(v)?)?;
-        let q = heads_first(q)?;
-        if q.device().is_cpu() {
-            if seq_len < PANEL_QUERIES {
-                return self.on_pool(&q, &k, &v, (pos, window), |inputs| {
-                    inputs.attend_each(kernel)
-                });
-            }
-            if kernel != Kernel::Portable {
-                return self.on_pool(&q, &k, &v, (pos, window), |inputs| {
-                    inputs.attend_in_panels(kernel)
-                });
-            }
+        let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+        self.keys.append(&flat(k)?, b, pos)?;
+        self.values.append(&flat(v)?, b, pos)?;
+        let q = q.transpose(1, 2)?.contiguous()?;
+        if seq_len < PANEL_QUERIES {
+            return self.on_pool(&q, (pos, window), |inputs| inputs.attend_each(kernel));
         }
+        if kernel != Kernel::Portable {
+            return self.on_pool(&q, (pos, window), |inputs| inputs.attend_in_panels(kernel));
+        }
+        let (k, v) = (self.keys.tensor()?, self.values.tensor()?);
         // Each key-value head serves `group` query heads (heads are numbered kv-major): the
         // queries are grouped by it instead of the cache being copied `group` times.
         let group = self.n_head / self.n_kv_head;
@@ -553,38 +728,74 @@ impl SelfAttention {
     }
 
     /// `attend` (one of the attentions run on candle's pool) over `q` (batch, heads, seq,
-    /// dim), contiguous, at positions `pos..` seeing `window` back, and the cache's `k` and
-    /// `v`, their storages held meanwhile: the heads merged back, (batch, seq, width).
+    /// dim), contiguous, at positions `pos..` seeing `window` back, and the cache: the heads
+    /// merged back, (batch, seq, width).
     fn on_pool(
         &self,
         q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
         (pos, window): (usize, Option<usize>),
         attend: impl FnOnce(&Inputs) -> Result<Vec<f32>>,
     ) -> Result<Tensor> {
         let (b, n_head, seq_len, dim) = q.dims4()?;
         let (q_storage, q_layout) = q.storage_and_layout();
-        let (k_storage, k_layout) = k.storage_and_layout();
-        let (v_storage, v_layout) = v.storage_and_layout();
-        let result = attend(&Inputs {
-            b,
-            n_head,
-            seq_len,
-            dim,
-            group: n_head / self.n_kv_head,
-            kv_heads: self.n_kv_head,
-            queries: f32_values(&q_storage, q_layout)?,
-            keys_at: Strided::new(&k_storage, k_layout)?,
-            values_at: Strided::new(&v_storage, v_layout)?,
-            pos,
-            window,
-        })?;
+        let queries = f32_values(&q_storage, q_layout)?;
+        let result = attend(&self.inputs(queries, (b, seq_len), pos, window)?)?;
         Tensor::from_vec(result, (b, seq_len, n_head * dim), q.device())
     }
 
+    /// What the pool's attentions read, for `queries` (batch, heads, seq, dim).
+    fn inputs<'a>(
+        &'a self,
+        queries: &'a [f32],
+        (b, seq_len): (usize, usize),
+        pos: usize,
+        window: Option<usize>,
+    ) -> Result<Inputs<'a>> {
+        if queries.len() != b * seq_len * self.n_head * self.head_dim
+            || self.keys.len != pos + seq_len
+        {
+            candle_core::bail!(
+                "{} query values are not {seq_len} positions of {} heads of {} after {pos} cached",
+                queries.len(),
+                self.n_head,
+                self.head_dim
+            );
+        }
+        Ok(Inputs {
+            b,
+            n_head: self.n_head,
+            seq_len,
+            dim: self.head_dim,
+            group: self.n_head / self.n_kv_head,
+            kv_heads: self.n_kv_head,
+            queries,
+            keys_at: self.keys.strided(),
+            values_at: self.values.strided(),
+            pos,
+            window,
+        })
+    }
+
+    /// One token's attention at `pos`, batch of one, on plain values: `q` (heads × dim, RoPE
+    /// applied), `k` and `v` (key-value heads × dim) appended to the cache; width values.
+    pub fn attend_one(
+        &mut self,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        pos: usize,
+        window: Option<usize>,
+    ) -> Result<Vec<f32>> {
+        if k.len() != v.len() {
+            candle_core::bail!("{} key values but {} values", k.len(), v.len());
+        }
+        self.keys.append(k, 1, pos)?;
+        self.values.append(v, 1, pos)?;
+        self.inputs(q, (1, 1), pos, window)?
+            .attend_each(Kernel::best())
+    }
+
     pub fn clear(&mut self) {
-        self.kv_cache.reset();
+        self.keys.len = 0;
+        self.values.len = 0;
     }
 }
 
@@ -809,17 +1020,30 @@ mod tests {
         let positions = prompt + more;
         let random = |n: usize| Tensor::randn(0f32, 1.0, (1, positions, n, dim), &Device::Cpu);
         let (q, k, v) = (random(heads)?, random(kv_heads)?, random(kv_heads)?);
-        // The portable kernel keeps candle's matmuls; the best one here takes panels.
-        for (window, kernel) in [None, Some(100)]
-            .into_iter()
-            .flat_map(|w| [(w, Kernel::Portable), (w, Kernel::best())])
-        {
-            let mut attention = SelfAttention::new(heads, kv_heads, dim, positions);
+        // The portable kernel keeps candle's matmuls; the best one here takes panels. A cache
+        // made for one position grows as the tokens come.
+        for (window, kernel, capacity) in [None, Some(100)].into_iter().flat_map(|w| {
+            [
+                (w, Kernel::Portable, positions),
+                (w, Kernel::best(), positions),
+                (w, Kernel::best(), 1),
+            ]
+        }) {
+            let mut attention = SelfAttention::new(heads, kv_heads, dim, capacity);
             let mut outputs = Vec::new();
             for (pos, len) in [(0, prompt), (prompt, 3), (prompt + 3, 1), (prompt + 4, 1)] {
                 let part = |x: &Tensor| x.narrow(1, pos, len);
                 let (q, k, v) = (part(&q)?, part(&k)?, part(&v)?);
-                outputs.push(attention.attend_with(kernel, &q, &k, &v, pos, window)?);
+                // Generation's tokens take the plain-values path too.
+                let output = if len == 1 && kernel != Kernel::Portable {
+                    let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
+                    let (q, k, v) = (flat(&q)?, flat(&k)?, flat(&v)?);
+                    let one = attention.attend_one((&q, &k, &v), pos, window)?;
+                    Tensor::from_vec(one, (1, 1, heads * dim), &Device::Cpu)?
+                } else {
+                    attention.attend_with(kernel, &q, &k, &v, pos, window)?
+                };
+                outputs.push(output);
             }
             let ours: Vec<f32> = Tensor::cat(&outputs, 1)?.flatten_all()?.to_vec1()?;
             let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
@@ -832,9 +1056,28 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(
                 worst < 1e-4,
-                "window {window:?}, {kernel:?}: off by {worst}"
+                "window {window:?}, {kernel:?}, room for {capacity}: off by {worst}"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_cache_refuses_positions_out_of_order() -> Result<()> {
+        let mut attention = SelfAttention::new(2, 1, 4, 8);
+        let token = |x: f32| vec![x; 4];
+        let (q, k, v) = (vec![1f32; 8], token(1.0), token(2.0));
+        attention.attend_one((&q, &k, &v), 0, None)?;
+        // Position 2 would leave position 1 unfilled; position 1 twice would double it.
+        assert!(attention.attend_one((&q, &k, &v), 2, None).is_err());
+        attention.attend_one((&q, &k, &v), 1, None)?;
+        assert!(attention.attend_one((&q, &k, &v), 1, None).is_err());
+        // A new run starts at 0; a token's values of the wrong width are refused.
+        let out = attention.attend_one((&q, &k, &token(3.0)), 0, None)?;
+        assert_eq!(out, vec![3f32; 8]);
+        assert!(attention
+            .attend_one((&q, &k, &token(3.0)[..3]), 1, None)
+            .is_err());
         Ok(())
     }
 }

@@ -77,27 +77,38 @@ impl CustomOp1 for Rotate<'_> {
         let out = rows_in_parallel(x.len() / dim, dim, |row, out| {
             let at = (self.pos + row / heads % seq_len) * half;
             let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
-            let x = &x[row * dim..(row + 1) * dim];
-            if self.interleaved {
-                for (((out, x), &c), &s) in out
-                    .chunks_exact_mut(2)
-                    .zip(x.chunks_exact(2))
-                    .zip(cos)
-                    .zip(sin)
-                {
-                    out[0] = x[0] * c - x[1] * s;
-                    out[1] = x[0] * s + x[1] * c;
-                }
-            } else {
-                let (out_low, out_high) = out.split_at_mut(half);
-                let (low, high) = x.split_at(half);
-                for i in 0..half {
-                    out_low[i] = low[i] * cos[i] - high[i] * sin[i];
-                    out_high[i] = low[i] * sin[i] + high[i] * cos[i];
-                }
-            }
+            rotate_head(
+                &x[row * dim..(row + 1) * dim],
+                (cos, sin),
+                self.interleaved,
+                out,
+            );
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// One head's `x` rotated into `out` by one position's `cos` and `sin` (dim/2 each): pairs
+/// (2i, 2i+1) when `interleaved`, else (i, i + dim/2).
+pub fn rotate_head(x: &[f32], (cos, sin): (&[f32], &[f32]), interleaved: bool, out: &mut [f32]) {
+    if interleaved {
+        for (((out, x), &c), &s) in out
+            .chunks_exact_mut(2)
+            .zip(x.chunks_exact(2))
+            .zip(cos)
+            .zip(sin)
+        {
+            out[0] = x[0] * c - x[1] * s;
+            out[1] = x[0] * s + x[1] * c;
+        }
+    } else {
+        let half = x.len() / 2;
+        let (out_low, out_high) = out.split_at_mut(half);
+        let (low, high) = x.split_at(half);
+        for (i, (&c, &s)) in cos.iter().zip(sin).enumerate().take(half) {
+            out_low[i] = low[i] * c - high[i] * s;
+            out_high[i] = low[i] * s + high[i] * c;
+        }
     }
 }
 
@@ -168,11 +179,16 @@ impl CustomOp2 for SiluTimes {
         let out = rows_in_parallel(gate_values.len() / width, width, |row, out| {
             let gate = &gate_values[row * width..][..width];
             let up = &up_values[row * width..][..width];
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = silu(g) * u;
-            }
+            silu_times(gate, up, out);
         });
         Ok((CpuStorage::F32(out), shape.clone()))
+    }
+}
+
+/// silu(gate) × up into `out`, value by value.
+pub fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(g) * u;
     }
 }
 
@@ -185,7 +201,7 @@ fn silu(x: f32) -> f32 {
 }
 
 /// Calls `f` on every 8 values: eight running results vectorize where one does not.
-fn lanes(values: &[f32], start: f32, f: impl Fn(f32, f32) -> f32) -> [f32; 8] {
+pub(super) fn lanes(values: &[f32], start: f32, f: impl Fn(f32, f32) -> f32) -> [f32; 8] {
     let mut lanes = [start; 8];
     let chunks = values.chunks_exact(8);
     let rest = chunks.remainder();
