@@ -68,19 +68,18 @@ impl Layer {
     fn step(&mut self, x: &mut [f32], pos: usize) -> Result<()> {
         let normed = self.attention_norm.apply(x)?;
         let dim = self.attention.head_dim;
-        let q = self.q_norm.apply(&self.wq.apply(&normed)?)?;
-        let k = self.k_norm.apply(&self.wk.apply(&normed)?)?;
+        let [q, k, v] = Linear::apply_each([&self.wq, &self.wk, &self.wv], &normed)?;
+        let (q, k) = (self.q_norm.apply(&q)?, self.k_norm.apply(&k)?);
         let (q, k) = (
             self.rope.rotate(&q, dim, pos)?,
             self.rope.rotate(&k, dim, pos)?,
         );
-        let v = self.wv.apply(&normed)?;
         let out = self
             .attention
             .attend_one((&q, &k, &v), pos, self.sliding_window)?;
         add(x, &self.post_attention_norm.apply(&self.wo.apply(&out)?)?)?;
         let normed = self.ffn_norm.apply(x)?;
-        let (gate, up) = (self.gate.apply(&normed)?, self.up.apply(&normed)?);
+        let [gate, up] = Linear::apply_each([&self.gate, &self.up], &normed)?;
         let mut gated = vec![0f32; gate.len()];
         super::ops::silu_times(&gate, &up, &mut gated);
         add(x, &self.post_ffn_norm.apply(&self.down.apply(&gated)?)?)

@@ -3,7 +3,8 @@
 //! the run instead of the model's maximum context.
 
 use super::kernels::{
-    dot_f32, Format, HalfRows, InPlace, Kernel, Panel, Repacked, SharedBytes, Tiles, PANEL_ROWS,
+    dot_f32, run_products, Format, HalfRows, InPlace, Kernel, Panel, Repacked, RowProduct,
+    SharedBytes, Tiles, PANEL_ROWS,
 };
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{CpuStorage, Device, Layout, Module, Result, Storage, Tensor};
@@ -255,6 +256,26 @@ impl Linear {
                 Tensor::from_vec(out, shape, x.device())
             }
         }
+    }
+
+    /// The same input row through several linears: where every one uses fitbench's
+    /// kernels, one pass over the pool streams all their matrices (q, k and v; gate and up).
+    pub fn apply_each<const N: usize>(linears: [&Linear; N], x: &[f32]) -> Result<[Vec<f32>; N]> {
+        let mut prepared = Vec::with_capacity(N);
+        for linear in linears {
+            if let Linear::Own(tiles) = linear {
+                prepared.push(tiles.prepare(x)?);
+            }
+        }
+        let results = if prepared.len() == N {
+            let products: Vec<&dyn RowProduct> = prepared.iter().map(|p| p.as_ref()).collect();
+            run_products(&products)
+        } else {
+            linears.iter().map(|l| l.apply(x)).collect::<Result<_>>()?
+        };
+        results
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("a product went missing".into()))
     }
 
     /// One input row times the transpose of the weights, with no tensor around it.

@@ -36,13 +36,12 @@ impl Layer {
     fn step(&mut self, x: &mut [f32], rope: &Rope, pos: usize) -> Result<()> {
         let normed = self.attention_norm.apply(x)?;
         let dim = self.attention.head_dim;
-        let q = rope.rotate(&self.wq.apply(&normed)?, dim, pos)?;
-        let k = rope.rotate(&self.wk.apply(&normed)?, dim, pos)?;
-        let v = self.wv.apply(&normed)?;
+        let [q, k, v] = Linear::apply_each([&self.wq, &self.wk, &self.wv], &normed)?;
+        let (q, k) = (rope.rotate(&q, dim, pos)?, rope.rotate(&k, dim, pos)?);
         let out = self.attention.attend_one((&q, &k, &v), pos, None)?;
         add(x, &self.wo.apply(&out)?)?;
         let normed = self.ffn_norm.apply(x)?;
-        let (gate, up) = (self.gate.apply(&normed)?, self.up.apply(&normed)?);
+        let [gate, up] = Linear::apply_each([&self.gate, &self.up], &normed)?;
         let mut gated = vec![0f32; gate.len()];
         super::ops::silu_times(&gate, &up, &mut gated);
         add(x, &self.down.apply(&gated)?)

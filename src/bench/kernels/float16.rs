@@ -4,7 +4,7 @@
 //! positions of 4 rows once (F16C) and multiplies them with up to 4 activation rows.
 
 use super::panel::{Panel, PANEL_ROWS};
-use super::{check_input, in_chunks, in_parallel, Kernel, Repacked};
+use super::{check_input, in_chunks, Kernel, Repacked, RowProduct};
 use candle_core::Result;
 use half::f16;
 use std::sync::Arc;
@@ -157,13 +157,15 @@ impl Repacked for HalfRows {
         if kernel != Kernel::Portable && m >= PANELS_FROM {
             return self.panels(kernel, x, m);
         }
+        if m == 1 {
+            return self.one_row(kernel, x);
+        }
         let columns: Vec<&[f32]> = x.chunks_exact(self.k).collect();
         let n = self.rows;
         let mut result = vec![0f32; m * n];
         let out = result.as_mut_ptr() as usize;
-        let block = if m == 1 { ROWS } else { ROW_BLOCK };
         let work = |blocks: std::ops::Range<usize>| {
-            let rows = blocks.start * block..(blocks.end * block).min(n);
+            let rows = blocks.start * ROW_BLOCK..(blocks.end * ROW_BLOCK).min(n);
             let write = |first_column: usize, first_row: usize, values: &[[f32; ROWS]]| {
                 for (c, values) in values.iter().enumerate() {
                     // SAFETY: this chunk writes only its own rows of each result row; chunks
@@ -210,8 +212,41 @@ impl Repacked for HalfRows {
                 done += step;
             }
         };
-        in_parallel(m, n.div_ceil(block), block, work);
+        in_chunks(n.div_ceil(ROW_BLOCK), 8, work);
         Ok(result)
+    }
+
+    fn prepare_with<'a>(&'a self, kernel: Kernel, x: &[f32]) -> Result<Box<dyn RowProduct + 'a>> {
+        check_input(x, 1, self.k)?;
+        Ok(Box::new(HalfRow {
+            matrix: self,
+            kernel: kernel.or_portable(),
+            x: x.to_vec(),
+        }))
+    }
+}
+
+/// One activation row against f16 rows, 4 at a time.
+struct HalfRow<'a> {
+    matrix: &'a HalfRows,
+    kernel: Kernel,
+    x: Vec<f32>,
+}
+
+impl RowProduct for HalfRow<'_> {
+    fn rows(&self) -> usize {
+        self.matrix.rows
+    }
+
+    fn unit(&self) -> usize {
+        ROWS
+    }
+
+    fn run(&self, rows: std::ops::Range<usize>, out: &mut [f32]) {
+        for (first, out) in rows.step_by(ROWS).zip(out.chunks_exact_mut(ROWS)) {
+            let [values] = self.matrix.rows_pass::<1>(self.kernel, first, [&self.x]);
+            out.copy_from_slice(&values);
+        }
     }
 }
 

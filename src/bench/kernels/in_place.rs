@@ -6,11 +6,12 @@
 //! passes over it.
 
 use super::{
-    check_input, in_streams, k_rows, quantize_rows, run_tiles, Activations, ActivationsK, Columns,
-    Format, Kernel, Repacked, SharedBytes, TilePass, Tiles, Unpacked, BLOCK, GRAIN_ROWS, TILE,
+    check_input, k_rows, quantize_rows, run_tiles, Activations, ActivationsK, Columns, Format,
+    Kernel, Repacked, RowProduct, SharedBytes, TilePass, Tiles, Unpacked, BLOCK, TILE,
 };
 use candle_core::Result;
 use half::f16;
+use std::ops::Range;
 
 pub struct InPlace {
     format: Format,
@@ -64,33 +65,22 @@ impl InPlace {
         &(*self.bytes).as_ref()[self.start + first * size..][..count * size]
     }
 
-    /// One activation row against every weight row, `dot` giving each row's product: each
-    /// thread streams one contiguous share.
-    fn generate(&self, dot: impl Fn(&[u8]) -> f32 + Sync) -> Vec<f32> {
-        let mut result = vec![0f32; self.rows];
-        let out = result.as_mut_ptr() as usize;
-        in_streams(self.rows, GRAIN_ROWS, |rows| {
-            let weights = self.rows_at(rows.start, rows.len());
-            for (row, bytes) in rows.zip(weights.chunks_exact(self.row_bytes())) {
-                // SAFETY: each row is handed out once; `result` outlives the pool call,
-                // which returns when every row is done.
-                unsafe { *(out as *mut f32).add(row) = dot(bytes) };
-            }
-        });
-        result
+    /// One activation row against these rows, `dot` giving each row's product.
+    fn generate<'a>(&'a self, dot: impl Fn(&[u8]) -> f32 + Sync + 'a) -> Box<dyn RowProduct + 'a> {
+        Box::new(Generation { matrix: self, dot })
     }
 
     /// [`InPlace::generate`] for the 32-value formats.
-    fn generate_blocks(&self, kernel: Kernel, x: &[Activations]) -> Vec<f32> {
+    fn generate_blocks(&self, kernel: Kernel, x: Vec<Activations>) -> Box<dyn RowProduct + '_> {
         let format = self.format;
         // AVX-512 takes Q8_0's blocks two at a time, the 4- and 5-bit formats four at a time.
         #[cfg(target_arch = "x86_64")]
         let (pairs, quads) = match (kernel, format) {
-            (Kernel::Avx512Vnni, Format::Q8_0) => (x86::pairs(x, stored_bias(format)), Vec::new()),
-            (Kernel::Avx512Vnni, _) => (Vec::new(), x86::quads(x, stored_bias(format))),
+            (Kernel::Avx512Vnni, Format::Q8_0) => (x86::pairs(&x, stored_bias(format)), Vec::new()),
+            (Kernel::Avx512Vnni, _) => (Vec::new(), x86::quads(&x, stored_bias(format))),
             _ => (Vec::new(), Vec::new()),
         };
-        self.generate(|row| match kernel {
+        self.generate(move |row| match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: only kernels this CPU has get here; the row has one block per
             // activation block (checked in `new` and `check_input`), and `pairs` and `quads`
@@ -100,40 +90,44 @@ impl InPlace {
                     Format::Q4_1 => x86::dot_quads::<1>(row, &quads),
                     Format::Q5_0 => x86::dot_quads::<2>(row, &quads),
                     Format::Q5_1 => x86::dot_quads::<3>(row, &quads),
-                    _ => x86::dot_q8_0_vnni(row, &pairs, x),
+                    _ => x86::dot_q8_0_vnni(row, &pairs, &x),
                 }
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Kernel::Avx2 => unsafe { x86::dot(format, row, x) },
-            _ => portable_dot(format, row, x),
+            Kernel::Avx2 => unsafe { x86::dot(format, row, &x) },
+            _ => portable_dot(format, row, &x),
         })
     }
 
     /// [`InPlace::generate`] for Q5_K and Q6_K.
-    fn generate_super_blocks(&self, kernel: Kernel, x: &[ActivationsK]) -> Vec<f32> {
+    fn generate_super_blocks(
+        &self,
+        kernel: Kernel,
+        x: Vec<ActivationsK>,
+    ) -> Box<dyn RowProduct + '_> {
         let q6k = self.format == Format::Q6K;
-        self.generate(|row| match kernel {
+        self.generate(move |row| match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: only kernels this CPU has get here; the row has one super-block per
             // activation block (checked in `new` and `check_input`).
             Kernel::Avx512Vnni => unsafe {
                 if q6k {
-                    k_rows::x86::dot_q6k_vnni(row, x)
+                    k_rows::x86::dot_q6k_vnni(row, &x)
                 } else {
-                    k_rows::x86::dot_q5k_vnni(row, x)
+                    k_rows::x86::dot_q5k_vnni(row, &x)
                 }
             },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Kernel::Avx2 => unsafe {
                 if q6k {
-                    k_rows::x86::dot_q6k(row, x)
+                    k_rows::x86::dot_q6k(row, &x)
                 } else {
-                    k_rows::x86::dot_q5k(row, x)
+                    k_rows::x86::dot_q5k(row, &x)
                 }
             },
-            _ => k_rows::portable_dot(self.format, row, x),
+            _ => k_rows::portable_dot(self.format, row, &x),
         })
     }
 }
@@ -262,22 +256,49 @@ impl Repacked for InPlace {
 
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         check_input(x, m, self.k)?;
+        if m == 1 {
+            return self.one_row(kernel, x);
+        }
         let kernel = kernel.or_portable();
         Ok(if self.format.is_k() {
-            let activations = quantize_rows::<ActivationsK>(x, m, self.k);
-            if m == 1 {
-                self.generate_super_blocks(kernel, &activations)
-            } else {
-                self.prompt(kernel, &activations)
-            }
+            self.prompt(kernel, &quantize_rows::<ActivationsK>(x, m, self.k))
         } else {
-            let activations = quantize_rows::<Activations>(x, m, self.k);
-            if m == 1 {
-                self.generate_blocks(kernel, &activations)
-            } else {
-                self.prompt(kernel, &activations)
-            }
+            self.prompt(kernel, &quantize_rows::<Activations>(x, m, self.k))
         })
+    }
+
+    fn prepare_with<'a>(&'a self, kernel: Kernel, x: &[f32]) -> Result<Box<dyn RowProduct + 'a>> {
+        check_input(x, 1, self.k)?;
+        let kernel = kernel.or_portable();
+        Ok(if self.format.is_k() {
+            self.generate_super_blocks(kernel, quantize_rows(x, 1, self.k))
+        } else {
+            self.generate_blocks(kernel, quantize_rows(x, 1, self.k))
+        })
+    }
+}
+
+/// One activation row against an in-place matrix's rows, each streamed from the mapping.
+struct Generation<'a, F> {
+    matrix: &'a InPlace,
+    dot: F,
+}
+
+impl<F: Fn(&[u8]) -> f32 + Sync> RowProduct for Generation<'_, F> {
+    fn rows(&self) -> usize {
+        self.matrix.rows
+    }
+
+    fn unit(&self) -> usize {
+        1
+    }
+
+    fn run(&self, rows: Range<usize>, out: &mut [f32]) {
+        let size = self.matrix.row_bytes();
+        let weights = self.matrix.rows_at(rows.start, rows.len());
+        for (out, bytes) in out.iter_mut().zip(weights.chunks_exact(size)) {
+            *out = (self.dot)(bytes);
+        }
     }
 }
 

@@ -812,6 +812,7 @@ impl Tiles {
         i32::from(self.sub_mins[(tb * self.format.units() + unit) * TILE + r])
     }
 
+    /// `x` (m × k) against every tile, m > 1.
     fn run<A: Columns>(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let activations = quantize_rows::<A>(x, m, self.k);
         let rows: Vec<&[A]> = activations.chunks_exact(self.k / A::VALUES).collect();
@@ -902,6 +903,58 @@ fn quantize_rows<A: Columns>(x: &[f32], m: usize, k: usize) -> Vec<A> {
     activations
 }
 
+/// One activation row prepared against one matrix (quantized once, as its kernel takes it):
+/// any range of the matrix's rows can then run on any thread.
+pub trait RowProduct: Sync {
+    fn rows(&self) -> usize;
+
+    /// What a range of rows starts and ends on: a tile, a group of f16 rows.
+    fn unit(&self) -> usize;
+
+    /// The products of weight rows `rows` (whole units) into `out`, a value a row.
+    fn run(&self, rows: Range<usize>, out: &mut [f32]);
+}
+
+/// Each product's results, the products streamed as one matmul across candle's pool: their
+/// rows one after another, in grains of 16. A token's q, k and v (or gate and up) take one
+/// hand-off to the pool instead of three (or two), and the short k and v matrices no longer
+/// start and end streams of their own.
+pub fn run_products(products: &[&dyn RowProduct]) -> Vec<Vec<f32>> {
+    let unit = products.iter().map(|p| p.unit()).max().unwrap_or(1).max(1);
+    if products.len() > 1 && products.iter().any(|p| !p.rows().is_multiple_of(unit)) {
+        return products.iter().flat_map(|p| run_products(&[*p])).collect();
+    }
+    let mut results: Vec<Vec<f32>> = products.iter().map(|p| vec![0f32; p.rows()]).collect();
+    let outs: Vec<usize> = results
+        .iter_mut()
+        .map(|r| r.as_mut_ptr() as usize)
+        .collect();
+    // The first unit of each product in the concatenation, and the end.
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(products.iter().scan(0, |units, p| {
+            *units += p.rows() / unit;
+            Some(*units)
+        }))
+        .collect();
+    let units = starts.last().copied().unwrap_or(0);
+    in_streams(units, (GRAIN_ROWS / unit).max(1), |taken| {
+        let mut at = taken.start;
+        while at < taken.end {
+            let p = starts.partition_point(|&start| start <= at) - 1;
+            let end = taken.end.min(starts[p + 1]);
+            let rows = (at - starts[p]) * unit..(end - starts[p]) * unit;
+            // SAFETY: product p's rows `rows` are taken once; its result holds all its rows
+            // and outlives the pool call, which returns when every unit is done.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut((outs[p] as *mut f32).add(rows.start), rows.len())
+            };
+            products[p].run(rows, out);
+            at = end;
+        }
+    });
+    results
+}
+
 /// A weight matrix repacked for fitbench's kernels.
 pub trait Repacked: Send + Sync {
     fn rows(&self) -> usize;
@@ -931,6 +984,48 @@ pub trait Repacked: Send + Sync {
     /// [`Repacked::matmul_with`] the fastest kernel here.
     fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         self.matmul_with(Kernel::best(), x, m)
+    }
+
+    /// `x` (one row of k values) prepared for its products with these rows by `kernel` (one
+    /// this CPU lacks runs the portable one).
+    fn prepare_with<'a>(&'a self, kernel: Kernel, x: &[f32]) -> Result<Box<dyn RowProduct + 'a>>;
+
+    /// [`Repacked::prepare_with`] the fastest kernel here.
+    fn prepare<'a>(&'a self, x: &[f32]) -> Result<Box<dyn RowProduct + 'a>> {
+        self.prepare_with(Kernel::best(), x)
+    }
+
+    /// One row's matmul: the weights stream from memory, each thread its own share.
+    fn one_row(&self, kernel: Kernel, x: &[f32]) -> Result<Vec<f32>> {
+        let product = self.prepare_with(kernel, x)?;
+        Ok(run_products(&[product.as_ref()])
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+}
+
+/// One activation row against tiles.
+struct TileRow<'a, A> {
+    tiles: &'a Tiles,
+    kernel: Kernel,
+    x: Vec<A>,
+}
+
+impl<A: Columns> RowProduct for TileRow<'_, A> {
+    fn rows(&self) -> usize {
+        self.tiles.rows
+    }
+
+    fn unit(&self) -> usize {
+        TILE
+    }
+
+    fn run(&self, rows: Range<usize>, out: &mut [f32]) {
+        for (t, out) in (rows.start / TILE..rows.end / TILE).zip(out.chunks_exact_mut(TILE)) {
+            let [values] = A::pass::<1>(self.tiles, self.kernel, t, [&self.x]);
+            out.copy_from_slice(&values);
+        }
     }
 }
 
@@ -969,11 +1064,31 @@ impl Repacked for Tiles {
 
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         check_input(x, m, self.k)?;
-        if self.format.is_k() {
+        if m == 1 {
+            self.one_row(kernel, x)
+        } else if self.format.is_k() {
             self.run::<ActivationsK>(kernel, x, m)
         } else {
             self.run::<Activations>(kernel, x, m)
         }
+    }
+
+    fn prepare_with<'a>(&'a self, kernel: Kernel, x: &[f32]) -> Result<Box<dyn RowProduct + 'a>> {
+        check_input(x, 1, self.k)?;
+        let kernel = kernel.or_portable();
+        Ok(if self.format.is_k() {
+            Box::new(TileRow {
+                tiles: self,
+                kernel,
+                x: quantize_rows::<ActivationsK>(x, 1, self.k),
+            })
+        } else {
+            Box::new(TileRow {
+                tiles: self,
+                kernel,
+                x: quantize_rows::<Activations>(x, 1, self.k),
+            })
+        })
     }
 }
 
@@ -1098,17 +1213,6 @@ impl Span {
     }
 }
 
-/// `work` over 0..items of `rows_per_item` weight rows each, against `m` activation rows: a
-/// single one streams the weights ([`in_streams`]), more are bound by arithmetic, and eight
-/// even chunks a thread balance them.
-fn in_parallel(m: usize, items: usize, rows_per_item: usize, work: impl Fn(Range<usize>) + Sync) {
-    if m == 1 {
-        in_streams(items, GRAIN_ROWS / rows_per_item, work);
-    } else {
-        in_chunks(items, 8, work);
-    }
-}
-
 /// One pass of a tile of weights over C activation rows: the 16 outputs for each.
 trait TilePass: Sync {
     type Row: ?Sized + Sync;
@@ -1199,7 +1303,7 @@ fn run_tiles<P: TilePass>(weights: &P, kernel: Kernel, n: usize, rows: &[&P::Row
             }
         }
     };
-    in_parallel(m, n / TILE, TILE, work);
+    in_chunks(n / TILE, 8, work);
     result
 }
 
@@ -1616,6 +1720,56 @@ mod tests {
                     worst <= 1e-4 * scale,
                     "{format:?} {kernel:?}: {worst} of {scale}"
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Matrices of every kind against one row, streamed together, give what each gives
+    /// alone; with 44 f16 rows (not whole tiles) among them, each runs on its own.
+    #[test]
+    fn products_run_together_match_each_run_alone() -> Result<()> {
+        let k = 512;
+        let in_place = |format: Format, n: usize, seed: u64| -> Result<Box<dyn Repacked>> {
+            let bytes: SharedBytes = Arc::new(random_weights(format, n, k, seed));
+            Ok(Box::new(InPlace::new(format, bytes, 0, n, k)?))
+        };
+        let half_rows = |n: usize| -> Result<Box<dyn Repacked>> {
+            let values = Tensor::randn(0f32, 1.0, (n * k,), &Device::Cpu)?.to_vec1::<f32>()?;
+            let bytes: Vec<u8> = values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect();
+            Ok(Box::new(HalfRows::new(Arc::new(bytes), 0, n, k)?))
+        };
+        let matrices = [
+            Box::new(Tiles::new(
+                Format::Q4_0,
+                &random_weights(Format::Q4_0, 48, k, 3),
+                48,
+                k,
+            )?) as Box<dyn Repacked>,
+            in_place(Format::Q4_1, 16, 5)?,
+            half_rows(44)?,
+            in_place(Format::Q6K, 80, 7)?,
+            half_rows(32)?,
+        ];
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (k,), &Device::Cpu)?.to_vec1()?;
+        let subsets: [&[usize]; 2] = [&[0, 1, 3, 4], &[0, 1, 2, 3, 4]];
+        for (kernel, subset) in Kernel::available()
+            .into_iter()
+            .flat_map(|kernel| subsets.map(|subset| (kernel, subset)))
+        {
+            let prepared = subset
+                .iter()
+                .map(|&i| matrices[i].prepare_with(kernel, &x))
+                .collect::<Result<Vec<_>>>()?;
+            let products: Vec<&dyn RowProduct> = prepared.iter().map(|p| p.as_ref()).collect();
+            let together = run_products(&products);
+            assert_eq!(together.len(), subset.len());
+            for (&i, got) in subset.iter().zip(&together) {
+                let alone = matrices[i].matmul_with(kernel, &x, 1)?;
+                assert_eq!(got, &alone, "{kernel:?}, matrix {i} of {subset:?}");
             }
         }
         Ok(())
