@@ -257,6 +257,48 @@ fn bench_refuses_what_would_not_fit_and_leaves_results_untouched() {
     assert_eq!(std::fs::read_to_string(&csv).unwrap(), "earlier rows\n");
 }
 
+/// `FITBENCH_KERNEL=avx2` runs AVX2's kernels and records the SIMD they use; a value it
+/// does not know is refused before anything is written.
+#[test]
+fn the_kernel_cap_is_recorded_and_a_bad_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("capped.csv");
+    let model = test_model(SMOLLM2);
+    let run = |cap: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fitbench"));
+        command
+            .args([
+                "bench",
+                "--gguf",
+                model.to_str().unwrap(),
+                "-p",
+                "16",
+                "-n",
+                "4",
+            ])
+            .args(["-r", "1", "--warmup", "0", "-o", csv.to_str().unwrap()])
+            .env("FITBENCH_KERNEL", cap);
+        command.output().unwrap()
+    };
+    let output = run("avx9");
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("FITBENCH_KERNEL=avx9") && err.contains("avx2"),
+        "{err}"
+    );
+    assert!(!csv.exists(), "a refused run wrote {}", csv.display());
+
+    let output = run("avx2");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows = results::read(&csv).unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert!(!row.cpu_simd.is_empty(), "no SIMD recorded");
+        assert!(!row.cpu_simd.contains("avx512"), "{}", row.cpu_simd);
+    }
+}
+
 /// A minimal GGUF of an architecture fitbench cannot run.
 fn write_unsupported_gguf(path: &Path) {
     let mut bytes = b"GGUF".to_vec();

@@ -4,7 +4,7 @@ mod bandwidth;
 mod bandwidth_cache;
 mod cpu;
 mod gpu;
-mod simd;
+pub mod simd;
 mod system;
 
 use serde::{Deserialize, Serialize};
@@ -196,6 +196,15 @@ pub fn probe(options: ProbeOptions) -> anyhow::Result<Hardware> {
         ));
     }
 
+    let mut simd = simd::detected();
+    if let Some(cap) = simd::kernel_cap()? {
+        simd = simd::capped(simd, cap);
+        notes.push(format!(
+            "kernels capped at {} by FITBENCH_KERNEL: the SIMD list is what they use",
+            cap.name()
+        ));
+    }
+
     let cpu_model = system
         .cpus()
         .first()
@@ -257,7 +266,7 @@ pub fn probe(options: ProbeOptions) -> anyhow::Result<Hardware> {
             max_freq_mhz: cpu::max_freq_mhz(),
             governor: cpu::governor(),
             cache,
-            simd: simd::detected(),
+            simd,
             compiled_simd: simd::compiled(),
         },
         memory: Memory {

@@ -1,5 +1,47 @@
 //! SIMD extensions: what the CPU has (run-time detection) and what this binary was built to use.
 
+/// The widest instructions fitbench's kernels may use, as `FITBENCH_KERNEL` caps them: what
+/// a box without AVX-512 (or without SIMD kernels) would run, measured on one that has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelCap {
+    Portable,
+    Avx2,
+}
+
+impl KernelCap {
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelCap::Portable => "portable loops",
+            KernelCap::Avx2 => "AVX2",
+        }
+    }
+}
+
+/// `FITBENCH_KERNEL`'s cap, if it sets one.
+pub fn kernel_cap() -> anyhow::Result<Option<KernelCap>> {
+    let Ok(value) = std::env::var("FITBENCH_KERNEL") else {
+        return Ok(None);
+    };
+    match value.trim() {
+        "" | "best" => Ok(None),
+        "avx2" => Ok(Some(KernelCap::Avx2)),
+        "portable" => Ok(Some(KernelCap::Portable)),
+        other => anyhow::bail!(
+            "FITBENCH_KERNEL={other} names no kernel: use avx2 or portable to cap the kernels, \
+             or unset it for the fastest this CPU runs"
+        ),
+    }
+}
+
+/// `detected` without the extensions `cap` leaves the kernels: what the runs used.
+pub fn capped(detected: Vec<String>, cap: KernelCap) -> Vec<String> {
+    let kept = |name: &str| match cap {
+        KernelCap::Avx2 => !name.starts_with("avx512") && name != "avxvnni" && name != "amx",
+        KernelCap::Portable => !name.starts_with("avx") && name != "fma" && name != "amx",
+    };
+    detected.into_iter().filter(|name| kept(name)).collect()
+}
+
 /// Extensions the CPU reports at run time, in a fixed order so output is stable.
 pub fn detected() -> Vec<String> {
     detected_by_arch()
@@ -115,6 +157,20 @@ pub fn compiled() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cap_leaves_only_what_its_kernels_use() {
+        let detected: Vec<String> = ["sse4.2", "avx", "avx2", "fma", "f16c", "avx512f"]
+            .into_iter()
+            .chain(["avx512vnni", "avxvnni", "amx"])
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            capped(detected.clone(), KernelCap::Avx2),
+            ["sse4.2", "avx", "avx2", "fma", "f16c"]
+        );
+        assert_eq!(capped(detected, KernelCap::Portable), ["sse4.2", "f16c"]);
+    }
 
     #[test]
     fn compiled_features_are_a_subset_of_detected_ones() {

@@ -12,6 +12,7 @@
 //! AVX-512 VNNI, AVX2, and a portable one that the compiler vectorizes. Tiles are split
 //! across candle's own thread pool, so the two never compete.
 
+use crate::probe::simd::KernelCap;
 use candle_core::quantized::GgmlDType;
 use candle_core::Result;
 use half::f16;
@@ -432,22 +433,31 @@ pub fn quantize_row_k(x: &[f32], out: &mut [ActivationsK]) {
 }
 
 /// Which code runs the tiles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kernel {
+    /// Slowest first.
     Portable,
     Avx2,
     Avx512Vnni,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
-    /// Called for every matmul, so it allocates nothing (feature checks are cached).
+    /// The fastest kernel this CPU runs, or a slower one if `FITBENCH_KERNEL` caps them (the
+    /// probe refuses a value it does not know).
     pub fn best() -> Kernel {
-        Kernel::ALL
-            .into_iter()
-            .rev()
-            .find(|k| k.supported())
-            .unwrap_or(Kernel::Portable)
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            let fastest = Kernel::ALL
+                .into_iter()
+                .rev()
+                .find(|k| k.supported())
+                .unwrap_or(Kernel::Portable);
+            match crate::probe::simd::kernel_cap() {
+                Ok(Some(KernelCap::Avx2)) => fastest.min(Kernel::Avx2),
+                Ok(Some(KernelCap::Portable)) => Kernel::Portable,
+                _ => fastest,
+            }
+        })
     }
 
     /// Every kernel this CPU runs, slowest first.
