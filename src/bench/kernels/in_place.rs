@@ -606,6 +606,26 @@ mod x86 {
         _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc)
     }
 
+    /// One pair of Q8_0 blocks at `block` added to `acc`.
+    #[inline(always)]
+    unsafe fn q8_0_pair_into(acc: __m512, block: *const u8, pair: &Pair) -> __m512 {
+        let format = Format::Q8_0;
+        let size = format.block_bytes();
+        _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH) as *const i8);
+        let w = _mm512_inserti64x4(
+            _mm512_castsi256_si512(unsigned_values(format, block)),
+            unsigned_values(format, block.add(size)),
+            1,
+        );
+        let sums = _mm512_dpbusd_epi32(
+            _mm512_load_si512(pair.bias.as_ptr() as *const _),
+            w,
+            _mm512_load_si512(pair.q.as_ptr() as *const _),
+        );
+        let scales = _mm512_mul_ps(scales(block, size), _mm512_load_ps(pair.d.as_ptr()));
+        _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(sums), acc)
+    }
+
     /// [`super::portable_dot`] for Q8_0 two blocks at a time with AVX-512 VNNI: the weights
     /// made unsigned (the 128 added taken out by each pair's bias), then each block's 8 sums
     /// scaled in float.
@@ -614,22 +634,16 @@ mod x86 {
         let format = Format::Q8_0;
         let size = format.block_bytes();
         let at = row.as_ptr();
+        // Two pairs a step, an accumulator each, so both stay in registers.
         let mut acc = [_mm512_setzero_ps(); 2];
-        for (i, pair) in pairs.iter().enumerate() {
-            let block = at.add(2 * i * size);
-            _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH) as *const i8);
-            let w = _mm512_inserti64x4(
-                _mm512_castsi256_si512(unsigned_values(format, block)),
-                unsigned_values(format, block.add(size)),
-                1,
-            );
-            let sums = _mm512_dpbusd_epi32(
-                _mm512_load_si512(pair.bias.as_ptr() as *const _),
-                w,
-                _mm512_load_si512(pair.q.as_ptr() as *const _),
-            );
-            let scales = _mm512_mul_ps(scales(block, size), _mm512_load_ps(pair.d.as_ptr()));
-            acc[i % 2] = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(sums), acc[i % 2]);
+        for i in (0..pairs.len() / 2).map(|i| 2 * i) {
+            acc[0] = q8_0_pair_into(acc[0], at.add(2 * i * size), &pairs[i]);
+            let next = i + 1;
+            acc[1] = q8_0_pair_into(acc[1], at.add(2 * next * size), &pairs[next]);
+        }
+        if pairs.len() % 2 == 1 {
+            let last = pairs.len() - 1;
+            acc[0] = q8_0_pair_into(acc[0], at.add(2 * last * size), &pairs[last]);
         }
         let done = 2 * pairs.len();
         _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
