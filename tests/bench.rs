@@ -16,6 +16,16 @@ fn bench(dir: &Path, args: &[&str]) -> Output {
     fitbench_in(dir, None, &all)
 }
 
+/// `fitbench bench ARGS` with one environment variable set.
+fn bench_with(args: &[&str], (key, value): (&str, &str)) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fitbench"))
+        .arg("bench")
+        .args(args)
+        .env(key, value)
+        .output()
+        .expect("the fitbench binary runs")
+}
+
 /// The `sample: PROMPT → ANSWER` line `--sample` prints on stderr.
 fn sample_line(output: &Output) -> String {
     assert!(output.status.success(), "{}", stderr(output));
@@ -237,17 +247,15 @@ fn bench_refuses_what_would_not_fit_and_leaves_results_untouched() {
     let csv = dir.path().join("kept.csv");
     std::fs::write(&csv, "earlier rows\n").unwrap();
     let model = test_model(SMOLLM2);
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fitbench"));
-    command
-        .args([
-            "bench",
+    let output = bench_with(
+        &[
             "--gguf",
             model.to_str().unwrap(),
             "-o",
             csv.to_str().unwrap(),
-        ])
-        .env("FITBENCH_MEMORY_LIMIT", "150000000");
-    let output = command.output().unwrap();
+        ],
+        ("FITBENCH_MEMORY_LIMIT", "150000000"),
+    );
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(
@@ -264,21 +272,15 @@ fn the_kernel_cap_is_recorded_and_a_bad_one_refused() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("capped.csv");
     let model = test_model(SMOLLM2);
+    let (model, out) = (model.to_str().unwrap(), csv.to_str().unwrap());
     let run = |cap: &str| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fitbench"));
-        command
-            .args([
-                "bench",
-                "--gguf",
-                model.to_str().unwrap(),
-                "-p",
-                "16",
-                "-n",
-                "4",
-            ])
-            .args(["-r", "1", "--warmup", "0", "-o", csv.to_str().unwrap()])
-            .env("FITBENCH_KERNEL", cap);
-        command.output().unwrap()
+        let args = [
+            "--gguf", model, "-p", "16", "-n", "4", "-r", "1", "--warmup", "0",
+        ];
+        bench_with(
+            &[&args[..], &["-o", out]].concat(),
+            ("FITBENCH_KERNEL", cap),
+        )
     };
     let output = run("avx9");
     assert_eq!(output.status.code(), Some(1));

@@ -531,6 +531,10 @@ impl Cache {
     fn append(&mut self, x: &[f32], batch: usize, pos: usize) -> Result<()> {
         let per_position = batch * self.heads * self.dim;
         if pos == 0 {
+            if batch != self.batch {
+                // Sized for another batch: allocated again below.
+                self.values = Vec::new();
+            }
             (self.len, self.batch) = (0, batch);
         }
         if pos != self.len || batch != self.batch || per_position == 0 {
@@ -1084,7 +1088,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_refuses_positions_out_of_order() -> Result<()> {
+    fn the_cache_keeps_positions_in_order_and_starts_over_for_a_new_batch() -> Result<()> {
         let mut attention = SelfAttention::new(2, 1, 4, 8);
         let token = |x: f32| vec![x; 4];
         let (q, k, v) = (vec![1f32; 8], token(1.0), token(2.0));
@@ -1099,6 +1103,10 @@ mod tests {
         assert!(attention
             .attend_one((&q, &k, &token(3.0)[..3]), 1, None)
             .is_err());
+        // A run of a batch of three starts over in a cache sized for it.
+        let batch = |x: f32, heads: usize| Tensor::full(x, (3, 1, heads, 4), &Device::Cpu);
+        let out = attention.attend(&batch(1.0, 2)?, &batch(1.0, 1)?, &batch(5.0, 1)?, 0, None)?;
+        assert_eq!(out.flatten_all()?.to_vec1::<f32>()?, vec![5f32; 3 * 8]);
         Ok(())
     }
 }
