@@ -73,12 +73,18 @@ impl InPlace {
     /// [`InPlace::generate`] for the 32-value formats.
     fn generate_blocks(&self, kernel: Kernel, x: Vec<Activations>) -> Box<dyn RowProduct + '_> {
         let format = self.format;
-        // AVX-512 takes Q8_0's blocks two at a time, the 4- and 5-bit formats four at a time.
+        // AVX-512 takes Q8_0's blocks two at a time, the 4- and 5-bit formats four at a time;
+        // AVX2 takes them all two at a time.
         #[cfg(target_arch = "x86_64")]
-        let (pairs, quads) = match (kernel, format) {
-            (Kernel::Avx512Vnni, Format::Q8_0) => (x86::pairs(&x, stored_bias(format)), Vec::new()),
-            (Kernel::Avx512Vnni, _) => (Vec::new(), x86::quads(&x, stored_bias(format))),
-            _ => (Vec::new(), Vec::new()),
+        let (pairs, quads, twins) = match (kernel, format) {
+            (Kernel::Avx512Vnni, Format::Q8_0) => {
+                (x86::pairs(&x, stored_bias(format)), Vec::new(), Vec::new())
+            }
+            (Kernel::Avx512Vnni, _) => {
+                (Vec::new(), x86::quads(&x, stored_bias(format)), Vec::new())
+            }
+            (Kernel::Avx2, _) => (Vec::new(), Vec::new(), x86::twins(&x, format)),
+            _ => (Vec::new(), Vec::new(), Vec::new()),
         };
         self.generate(move |row| match kernel {
             #[cfg(target_arch = "x86_64")]
@@ -97,10 +103,10 @@ impl InPlace {
             // SAFETY: as above.
             Kernel::Avx2 => unsafe {
                 match format {
-                    Format::Q4_1 => x86::dot::<1>(row, &x),
-                    Format::Q5_0 => x86::dot::<2>(row, &x),
-                    Format::Q5_1 => x86::dot::<3>(row, &x),
-                    _ => x86::dot::<4>(row, &x),
+                    Format::Q4_1 => x86::dot::<1>(row, &twins),
+                    Format::Q5_0 => x86::dot::<2>(row, &twins),
+                    Format::Q5_1 => x86::dot::<3>(row, &twins),
+                    _ => x86::dot::<4>(row, &twins),
                 }
             },
             _ => portable_dot(format, row, &x),
@@ -311,7 +317,7 @@ impl<F: Fn(&[u8]) -> f32 + Sync> RowProduct for Generation<'_, F> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::x86::{half_at, PREFETCH};
+    use super::super::x86::PREFETCH;
     use super::{stored_bias, Activations, Format};
     use std::arch::x86_64::*;
 
@@ -547,63 +553,130 @@ mod x86 {
         ))
     }
 
-    /// [`super::portable_dot`] with AVX2, two blocks a step, one accumulator each:
-    /// unsigned values times the activations (`maddubs`), pairs summed to 32 bits, the
-    /// stored bias taken out in the first lane, each block's 8 sums scaled in float; the
-    /// minimums' terms summed apart, as scalars. Nothing is summed across lanes until the
-    /// row's end. `F` indexes [`Format::ALL`], so each format compiles to its own loop. One
-    /// accumulator picked by the block's parity had kept it in memory, and tg on AVX2 was
-    /// 0.65-0.88× llama.cpp's for Q4_1, Q5_0 and Q5_1.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot<const F: usize>(row: &[u8], x: &[Activations]) -> f32 {
-        let size = Format::ALL[F].block_bytes();
-        let blocks = x.len().min(row.len() / size);
-        let at = row.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut minimums = [0f32; 2];
-        for b in (0..blocks / 2).map(|i| 2 * i) {
-            acc[0] = block_into::<F>(acc[0], at.add(b * size), &x[b], &mut minimums[0]);
-            let odd = b + 1;
-            acc[1] = block_into::<F>(acc[1], at.add(odd * size), &x[odd], &mut minimums[1]);
-        }
-        if blocks % 2 == 1 {
-            let last = blocks - 1;
-            acc[0] = block_into::<F>(acc[0], at.add(last * size), &x[last], &mut minimums[0]);
-        }
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc[0], acc[1]));
-        lanes.iter().sum::<f32>() + minimums[0] + minimums[1]
+    /// Two activation blocks as [`dot`] takes them on AVX2.
+    #[repr(C, align(32))]
+    pub struct Twin {
+        q: [i8; 64],
+        /// Per block: its scale, then what the block's second header half is multiplied by.
+        /// With a minimum that half is the minimum, times d × Σq (the minimum's term);
+        /// without, it is the scale again, times -bias × d × Σq (which takes out the stored
+        /// bias in float, where [`dot`] has a lane for it anyway).
+        factors: [f32; 4],
     }
 
-    /// One block of [`dot`] added to `acc`, its minimum's term to `minimums`.
-    #[inline(always)]
-    unsafe fn block_into<const F: usize>(
-        acc: __m256,
-        block: *const u8,
-        a: &Activations,
-        minimums: &mut f32,
-    ) -> __m256 {
-        let format = Format::ALL[F];
-        _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH) as *const i8);
-        let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
-        // 255 × 127 × 2 would saturate 16 bits: Q8_0 multiplies |w| by q with w's sign.
-        let products = if format == Format::Q8_0 {
-            let w = _mm256_loadu_si256(block.add(2) as *const __m256i);
-            _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w))
-        } else {
-            _mm256_maddubs_epi16(unsigned_values(format, block), q)
-        };
-        let mut sums = _mm256_madd_epi16(products, _mm256_set1_epi16(1));
+    /// `x` two blocks a twin, the last filled out with zeros.
+    pub fn twins(x: &[Activations], format: Format) -> Vec<Twin> {
         let bias = stored_bias(format);
-        if format != Format::Q8_0 && bias != 0 {
-            let offset = _mm_cvtsi32_si128(-bias * a.sum);
-            sums = _mm256_add_epi32(sums, _mm256_set_m128i(_mm_setzero_si128(), offset));
+        x.chunks(2)
+            .map(|two| {
+                let mut twin = Twin {
+                    q: [0; 64],
+                    factors: [0.0; 4],
+                };
+                for (half, a) in two.iter().enumerate() {
+                    twin.q[32 * half..32 * (half + 1)].copy_from_slice(&a.q);
+                    let second = if format.has_min() {
+                        a.s
+                    } else if format == Format::Q8_0 {
+                        0.0
+                    } else {
+                        -(bias as f32) * a.d * a.sum as f32
+                    };
+                    twin.factors[2 * half..2 * (half + 1)].copy_from_slice(&[a.d, second]);
+                }
+                twin
+            })
+            .collect()
+    }
+
+    /// [`super::portable_dot`] with AVX2, two blocks a step: unsigned values times the
+    /// activations (`maddubs`), pairs summed to 32 bits, then the two blocks' 8 sums each
+    /// folded into one register of 4 and 4 (`hadd`), converted and scaled at once. The two
+    /// blocks' headers (scale and minimum, or the scale twice) convert together, and their
+    /// products with the twin's factors give both scales and the minimums' (or the stored
+    /// bias's) terms. Per block, this ran half the scalar header work and half the
+    /// conversions of one block at a time, which had held tg on AVX2 at 0.89-0.90×
+    /// llama.cpp's for Q4_1 and Q5_0. `F` indexes [`Format::ALL`], so each format compiles
+    /// to its own loop.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot<const F: usize>(row: &[u8], twins: &[Twin]) -> f32 {
+        let size = Format::ALL[F].block_bytes();
+        let blocks = row.len() / size;
+        let at = row.as_ptr();
+        let mut acc = _mm256_setzero_ps();
+        let mut terms = _mm_setzero_ps();
+        for (i, twin) in twins.iter().enumerate().take(blocks / 2) {
+            let first = at.add(2 * i * size);
+            (acc, terms) = twin_into::<F>((acc, terms), first, first.add(size), twin);
         }
+        // An odd last block is paired with itself; its twin's second half is all zeros.
+        if blocks % 2 == 1 {
+            if let Some(twin) = twins.get(blocks / 2) {
+                let last = at.add((blocks - 1) * size);
+                (acc, terms) = twin_into::<F>((acc, terms), last, last, twin);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut term_lanes = [0f32; 4];
+        _mm_storeu_ps(term_lanes.as_mut_ptr(), terms);
+        lanes.iter().sum::<f32>() + term_lanes[1] + term_lanes[3]
+    }
+
+    /// One twin of [`dot`]: blocks at `first` and `second` added to (acc, terms).
+    #[inline(always)]
+    unsafe fn twin_into<const F: usize>(
+        (acc, terms): (__m256, __m128),
+        first: *const u8,
+        second: *const u8,
+        twin: &Twin,
+    ) -> (__m256, __m128) {
+        let format = Format::ALL[F];
+        _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(PREFETCH) as *const i8);
+        if 2 * format.block_bytes() > 64 {
+            _mm_prefetch::<_MM_HINT_T0>(second.wrapping_add(PREFETCH) as *const i8);
+        }
+        let ones = _mm256_set1_epi16(1);
+        let sums = _mm256_hadd_epi32(
+            _mm256_madd_epi16(products(format, first, twin.q.as_ptr()), ones),
+            _mm256_madd_epi16(products(format, second, twin.q.as_ptr().add(32)), ones),
+        );
+        let halves = (header(format, first) as u64) | (header(format, second) as u64) << 32;
+        let factors = _mm_mul_ps(
+            _mm_cvtph_ps(_mm_cvtsi64_si128(halves as i64)),
+            _mm_load_ps(twin.factors.as_ptr()),
+        );
+        // `hadd` left the first block's sums in lanes 0, 1, 4, 5 and the second's in the rest.
+        let scales = _mm256_permutevar8x32_ps(
+            _mm256_castps128_ps256(factors),
+            _mm256_setr_epi32(0, 0, 2, 2, 0, 0, 2, 2),
+        );
+        (
+            _mm256_fmadd_ps(scales, _mm256_cvtepi32_ps(sums), acc),
+            _mm_add_ps(terms, factors),
+        )
+    }
+
+    /// A block's weights times 32 activations at `q`, adjacent pairs summed to 16 bits.
+    #[inline(always)]
+    unsafe fn products(format: Format, block: *const u8, q: *const i8) -> __m256i {
+        let q = _mm256_load_si256(q as *const __m256i);
+        // 255 × 127 × 2 would saturate 16 bits: Q8_0 multiplies |w| by q with w's sign.
+        if format == Format::Q8_0 {
+            let w = _mm256_loadu_si256(block.add(2) as *const __m256i);
+            return _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+        }
+        _mm256_maddubs_epi16(unsigned_values(format, block), q)
+    }
+
+    /// A block's scale and minimum as two f16s, or its scale twice where it has no minimum.
+    #[inline(always)]
+    unsafe fn header(format: Format, block: *const u8) -> u32 {
         if format.has_min() {
-            *minimums += half_at(block, 2) * a.s;
+            return (block as *const u32).read_unaligned();
         }
-        let d = _mm256_set1_ps(half_at(block, 0) * a.d);
-        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc)
+        let d = u32::from((block as *const u16).read_unaligned());
+        d | d << 16
     }
 
     /// One pair of Q8_0 blocks at `block` added to `acc`.
