@@ -310,13 +310,31 @@ pub mod x86 {
         }
     }
 
-    /// `maddubs` of 32 unsigned values with 32 activations, each 16 products' pairs times
-    /// their scale: 8 sums.
+    /// `maddubs` of 32 unsigned values with 32 activations, each pair of products times its
+    /// 16-bit scale: 8 sums.
     #[inline(always)]
-    unsafe fn scaled(values: __m256i, q: *const i8, first: i16, second: i16) -> __m256i {
+    unsafe fn scaled(values: __m256i, q: *const i8, scales: __m256i) -> __m256i {
         let products = _mm256_maddubs_epi16(values, _mm256_loadu_si256(q as *const __m256i));
-        let scales = _mm256_set_m128i(_mm_set1_epi16(second), _mm_set1_epi16(first));
         _mm256_madd_epi16(products, scales)
+    }
+
+    /// Q6_K's scales s and s + 1 of its 16 (`bytes`) across the first and second 16 values,
+    /// picked with a shuffle: a scalar load and broadcast for each had cost more per
+    /// super-block than the values' arithmetic.
+    #[inline(always)]
+    unsafe fn scale_pair(bytes: __m128i, s: usize) -> __m256i {
+        let repeat = |byte: usize| (0x0101_0101_0101_0101u64 * byte as u64) as i64;
+        _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+            bytes,
+            _mm_set_epi64x(repeat(s + 1), repeat(s)),
+        ))
+    }
+
+    /// Word `unit` of `words` (8 of them, in both halves) across all 16.
+    #[inline(always)]
+    unsafe fn word_across(words: __m256i, unit: usize) -> __m256i {
+        let pick = (((2 * unit + 1) << 8) | 2 * unit) as i16;
+        _mm256_shuffle_epi8(words, _mm256_set1_epi16(pick))
     }
 
     /// [`dot_q6k_vnni`] with AVX2, 32 values a register.
@@ -328,8 +346,8 @@ pub mod x86 {
         for (block, a) in row.chunks_exact(210).zip(x) {
             let b = block.as_ptr();
             prefetch(b, 210);
-            let sc = |s: usize| i16::from(block[192 + s] as i8);
-            let scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+            let scale_bytes = _mm_loadu_si128(b.add(192) as *const __m128i);
+            let scales = _mm256_cvtepi8_epi16(scale_bytes);
             let bias = _mm256_madd_epi16(
                 scales,
                 _mm256_loadu_si256(a.sums.as_ptr() as *const __m256i),
@@ -358,7 +376,7 @@ pub mod x86 {
                     );
                     let s = 8 * n + 2 * j;
                     let q = a.q.as_ptr().add(128 * n + 32 * j);
-                    sums = _mm256_add_epi32(sums, scaled(values, q, sc(s), sc(s + 1)));
+                    sums = _mm256_add_epi32(sums, scaled(values, q, scale_pair(scale_bytes, s)));
                 }
             }
             let d = _mm256_set1_ps(half(b, 208) * a.d);
@@ -381,8 +399,7 @@ pub mod x86 {
             prefetch(b, 176);
             let (scales, mins) = q5k_scales_and_mins(b);
             min_acc = add_minimums(min_acc, b, mins, a);
-            let mut unit_scales = [0i16; 8];
-            _mm_storeu_si128(unit_scales.as_mut_ptr() as *mut __m128i, scales);
+            let unit_scales = _mm256_broadcastsi128_si256(scales);
             let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
             let mut sums = _mm256_setzero_si256();
             for i in 0..4 {
@@ -395,9 +412,9 @@ pub mod x86 {
                         _mm256_and_si256(low, nibble),
                         _mm256_slli_epi16::<4>(_mm256_and_si256(high, bit)),
                     );
-                    let scale = unit_scales[unit];
                     let q = a.q.as_ptr().add(32 * unit);
-                    sums = _mm256_add_epi32(sums, scaled(values, q, scale, scale));
+                    sums =
+                        _mm256_add_epi32(sums, scaled(values, q, word_across(unit_scales, unit)));
                 }
             }
             let d = _mm256_set1_ps(half(b, 0) * a.d);
