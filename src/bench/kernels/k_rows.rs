@@ -333,7 +333,7 @@ pub mod x86 {
     /// Word `unit` of `words` (8 of them, in both halves) across all 16.
     #[inline(always)]
     unsafe fn word_across(words: __m256i, unit: usize) -> __m256i {
-        let pick = (((2 * unit + 1) << 8) | 2 * unit) as i16;
+        let pick = (((2 * unit + 1) << 8) | (2 * unit)) as i16;
         _mm256_shuffle_epi8(words, _mm256_set1_epi16(pick))
     }
 
