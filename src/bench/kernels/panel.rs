@@ -119,26 +119,73 @@ mod x86 {
     use super::PANEL_ROWS;
     use std::arch::x86_64::*;
 
-    /// [`super::Panel::fill_f16`] with F16C, 8 values at a time.
+    /// [`super::Panel::fill_f16`] with F16C: 8 rows at a time, 8 values of each converted,
+    /// then turned position-major with an 8 × 8 transpose, so that each position takes one
+    /// store of 8 rows (one store a value had taken 6% of an F16 prompt's time). Rows past
+    /// the last 8, and values past the last 8, go one at a time.
     #[target_feature(enable = "avx2,f16c")]
     pub unsafe fn fill_f16(rows: &[&[u8]], k: usize, panel: &mut [f32]) {
-        let mut values = [0f32; 8];
-        for (r, row) in rows.iter().enumerate() {
-            let row = &row[..2 * k];
-            let eights = row.chunks_exact(16);
-            let tail = eights.remainder();
-            for (e, eight) in eights.enumerate() {
-                let halves = _mm_loadu_si128(eight.as_ptr() as *const __m128i);
-                _mm256_storeu_ps(values.as_mut_ptr(), _mm256_cvtph_ps(halves));
-                for (j, &v) in values.iter().enumerate() {
-                    panel[(8 * e + j) * PANEL_ROWS + r] = v;
+        let whole = k / 8 * 8;
+        let eights = rows.len() / 8 * 8;
+        for (r0, eight) in rows[..eights]
+            .chunks_exact(8)
+            .enumerate()
+            .map(|(i, e)| (8 * i, e))
+        {
+            for at in (0..whole).step_by(8) {
+                let mut values = [_mm256_setzero_ps(); 8];
+                for (values, row) in values.iter_mut().zip(eight) {
+                    *values =
+                        _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(2 * at) as *const _));
+                }
+                for (j, position) in transpose(values).into_iter().enumerate() {
+                    _mm256_storeu_ps(panel.as_mut_ptr().add((at + j) * PANEL_ROWS + r0), position);
                 }
             }
-            for (j, pair) in tail.chunks_exact(2).enumerate() {
-                panel[(k / 8 * 8 + j) * PANEL_ROWS + r] =
-                    half::f16::from_le_bytes([pair[0], pair[1]]).to_f32();
+        }
+        let value = |row: &[u8], i: usize| half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]);
+        for (r, row) in rows.iter().enumerate() {
+            let first = if r < eights { whole } else { 0 };
+            for i in first..k {
+                panel[i * PANEL_ROWS + r] = value(row, i).to_f32();
             }
         }
+    }
+
+    /// Rows of 8 values as columns.
+    #[inline(always)]
+    unsafe fn transpose(rows: [__m256; 8]) -> [__m256; 8] {
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+        let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+        let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+        let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+        let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+        let (u0, u1) = (
+            _mm256_shuffle_ps::<0x44>(t0, t2),
+            _mm256_shuffle_ps::<0xee>(t0, t2),
+        );
+        let (u2, u3) = (
+            _mm256_shuffle_ps::<0x44>(t1, t3),
+            _mm256_shuffle_ps::<0xee>(t1, t3),
+        );
+        let (u4, u5) = (
+            _mm256_shuffle_ps::<0x44>(t4, t6),
+            _mm256_shuffle_ps::<0xee>(t4, t6),
+        );
+        let (u6, u7) = (
+            _mm256_shuffle_ps::<0x44>(t5, t7),
+            _mm256_shuffle_ps::<0xee>(t5, t7),
+        );
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
     }
 
     /// Every activation row against a panel of `count` rows: writes out[c·n..][..count].
