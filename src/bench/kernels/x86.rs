@@ -476,21 +476,34 @@ unsafe fn unit_avx2(tiles: &Tiles, tb: usize, unit: usize, half: usize) -> [__m2
     w
 }
 
-/// Σ over groups `groups` of w × q, as 8 32-bit lanes. `maddubs` sums pairs into 16 bits
-/// (|pair| ≤ 2 × 63 × 127), so two groups can share a 16-bit sum before widening.
+/// Σ over groups `groups` of w × q, as 8 32-bit lanes. `maddubs` sums pairs into 16 bits,
+/// where a pair is at most 2 × 128 × the largest value, so 8 groups of 4-bit values
+/// (|pair| ≤ 3840), 4 of 5-bit or 2 of 6-bit share a 16-bit sum before widening.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn unsigned_sums(w: &[__m256i], q: &[i8], first: usize) -> __m256i {
+unsafe fn unsigned_sums(format: Format, w: &[__m256i], q: &[i8], first: usize) -> __m256i {
+    match format.high_planes() {
+        0 => shared_sums::<8>(w, q, first),
+        1 => shared_sums::<4>(w, q, first),
+        _ => shared_sums::<2>(w, q, first),
+    }
+}
+
+/// [`unsigned_sums`] with `SHARE` groups to a 16-bit sum.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn shared_sums<const SHARE: usize>(w: &[__m256i], q: &[i8], first: usize) -> __m256i {
     let ones = _mm256_set1_epi16(1);
     let mut sums = _mm256_setzero_si256();
-    for pair in w.chunks_exact(2).enumerate() {
-        let (i, w) = pair;
-        let g = first + 2 * i;
-        let products = _mm256_add_epi16(
-            _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(group(q, g))),
-            _mm256_maddubs_epi16(w[1], _mm256_set1_epi32(group(q, g + 1))),
-        );
+    let mut g = 0;
+    while g < w.len() {
+        let mut products = _mm256_setzero_si256();
+        for j in g..(g + SHARE).min(w.len()) {
+            let more = _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(group(q, first + j)));
+            products = _mm256_add_epi16(products, more);
+        }
         sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, ones));
+        g += SHARE;
     }
     sums
 }
@@ -533,7 +546,7 @@ pub unsafe fn pass_avx2<const C: usize>(
                     }
                     sums
                 } else {
-                    unsigned_sums(&w, &a.q, 0)
+                    unsigned_sums(format, &w, &a.q, 0)
                 };
                 if bias != 0 {
                     sums = _mm256_sub_epi32(sums, _mm256_set1_epi32(bias * a.sum));
@@ -601,8 +614,8 @@ pub unsafe fn pass_k_avx2<const C: usize>(
                 for c in 0..C {
                     let a = columns[c].get_unchecked(b);
                     let q = &a.q[unit * BLOCK..][..BLOCK];
-                    let mut low = unsigned_sums(&w[..4], q, 0);
-                    let mut high = unsigned_sums(&w[4..], q, 4);
+                    let mut low = unsigned_sums(format, &w[..4], q, 0);
+                    let mut high = unsigned_sums(format, &w[4..], q, 4);
                     let (low_sum, high_sum) =
                         (i32::from(a.sums[2 * unit]), i32::from(a.sums[2 * unit + 1]));
                     let scaled = if format == Format::Q6K {
