@@ -498,8 +498,8 @@ unsafe fn shared_sums<const SHARE: usize>(w: &[__m256i], q: &[i8], first: usize)
     let mut g = 0;
     while g < w.len() {
         let mut products = _mm256_setzero_si256();
-        for j in g..(g + SHARE).min(w.len()) {
-            let more = _mm256_maddubs_epi16(w[j], _mm256_set1_epi32(group(q, first + j)));
+        for (j, &w) in w.iter().enumerate().skip(g).take(SHARE) {
+            let more = _mm256_maddubs_epi16(w, _mm256_set1_epi32(group(q, first + j)));
             products = _mm256_add_epi16(products, more);
         }
         sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, ones));
