@@ -159,29 +159,45 @@ fn stored_bias(format: Format) -> i32 {
     }
 }
 
-/// Value j of a block, the stored bias taken out.
-fn value(format: Format, block: &[u8], j: usize) -> i32 {
+/// A block's 32 values, the stored bias taken out, in loops the compiler vectorizes (the
+/// portable kernel is what a Pi runs). Picking each value on its own, format tests and all,
+/// had held a 1.1B Q4_1 to 1.1 tok/s here.
+fn block_values(format: Format, block: &[u8]) -> [i8; BLOCK] {
+    let mut values = [0i8; BLOCK];
     if format == Format::Q8_0 {
-        return i32::from(block[2 + j] as i8);
+        for (v, &byte) in values.iter_mut().zip(&block[2..]) {
+            *v = byte as i8;
+        }
+        return values;
     }
     let at = format.quants_at();
-    let byte = block[at + j % 16];
-    let mut v = if j < 16 { byte & 0x0f } else { byte >> 4 };
-    if format.high_planes() == 1 {
-        let high = u32::from_le_bytes([block[at - 4], block[at - 3], block[at - 2], block[at - 1]]);
-        v |= (((high >> j) & 1) as u8) << 4;
+    let (low, high) = values.split_at_mut(BLOCK / 2);
+    for ((low, high), &byte) in low.iter_mut().zip(high).zip(&block[at..at + BLOCK / 2]) {
+        *low = (byte & 0x0f) as i8;
+        *high = (byte >> 4) as i8;
     }
-    i32::from(v) - format.bias()
+    if format.high_planes() == 1 {
+        let bits = u32::from_le_bytes([block[at - 4], block[at - 3], block[at - 2], block[at - 1]]);
+        for (j, v) in values.iter_mut().enumerate() {
+            *v |= (((bits >> j) & 1) << 4) as i8;
+        }
+    }
+    let bias = format.bias() as i8;
+    values.iter_mut().for_each(|v| *v -= bias);
+    values
 }
 
 /// Σ over blocks of d_w · d_x · Σ w·q (+ m_w · s_x with a minimum), as candle's
-/// `vec_dot`s sum it.
+/// `vec_dot`s sum it. A product fits 16 bits (|w| ≤ 128, |q| ≤ 127).
 fn portable_dot(format: Format, row: &[u8], x: &[Activations]) -> f32 {
     row.chunks_exact(format.block_bytes())
         .zip(x)
         .map(|(block, a)| {
-            let sum: i32 = (0..BLOCK)
-                .map(|j| value(format, block, j) * i32::from(a.q[j]))
+            let values = block_values(format, block);
+            let sum: i32 = values
+                .iter()
+                .zip(&a.q)
+                .map(|(&w, &q)| i32::from(i16::from(w) * i16::from(q)))
                 .sum();
             let mut dot = sum as f32 * half_at(block, 0) * a.d;
             if format.has_min() {
@@ -260,8 +276,8 @@ impl Repacked for InPlace {
             } else {
                 0.0
             };
-            for (j, v) in values.iter_mut().enumerate() {
-                *v = d * value(format, block, j) as f32 + m;
+            for (v, w) in values.iter_mut().zip(block_values(format, block)) {
+                *v = d * f32::from(w) + m;
             }
         }
         Ok(())

@@ -766,37 +766,55 @@ impl Tiles {
         Ok(packed)
     }
 
-    /// Stored value i (of the block's values) of row r in tile-block tb.
-    fn value(&self, tb: usize, r: usize, i: usize) -> u8 {
-        if self.format == Format::Q8_0 || self.wide {
-            let bytes = self.format.block_values();
-            let quants = &self.quants[tb * TILE * bytes..][..TILE * bytes];
-            return quants[((i / 4) * TILE + r) * 4 + i % 4];
-        }
-        let quant_bytes = self.format.quant_bytes();
-        let quants = &self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
-        let (unit, j) = (i / BLOCK, i % BLOCK);
-        let byte = quants[((unit * 4 + (j % 16) / 4) * TILE + r) * 4 + j % 4];
-        let mut value = if j < 16 { byte & 0x0f } else { byte >> 4 };
-        let (planes, units) = (self.format.high_planes(), self.format.units());
-        for plane in 0..planes {
-            let g = ((tb * planes + plane) * units + unit) * GROUPS + j / 4;
-            value |= (((self.high[g] >> (4 * r + j % 4)) & 1) as u8) << (4 + plane);
-        }
-        value
-    }
-
-    /// Row r of tile-block tb as real integer values (the stored bias taken out).
+    /// Row r of tile-block tb as real integer values (the stored bias taken out): four
+    /// bytes of the row at a time, each high plane a group's four bits at a time. Calling
+    /// [`Tiles::value`] for each value had held the portable kernels (what a Pi runs) to
+    /// 1.1-1.5 tok/s on a 1.1B Q4_0 or Q8_0 here.
     fn decode(&self, tb: usize, r: usize, values: &mut [i32]) {
-        let bias = self.format.bias();
-        for (i, v) in values.iter_mut().enumerate() {
-            let stored = self.value(tb, r, i);
-            *v = if self.format == Format::Q8_0 {
-                i32::from(stored as i8)
-            } else {
-                i32::from(stored) - bias
-            };
+        let format = self.format;
+        let values = &mut values[..format.block_values()];
+        if format == Format::Q8_0 || self.wide {
+            let bytes = format.block_values();
+            let quants = &self.quants[tb * TILE * bytes..][..TILE * bytes];
+            for (group, four) in values.chunks_exact_mut(4).enumerate() {
+                for (v, &byte) in four.iter_mut().zip(&quants[(group * TILE + r) * 4..][..4]) {
+                    *v = if format == Format::Q8_0 {
+                        i32::from(byte as i8)
+                    } else {
+                        i32::from(byte)
+                    };
+                }
+            }
+            if format != Format::Q8_0 {
+                values.iter_mut().for_each(|v| *v -= format.bias());
+            }
+            return;
         }
+        let quant_bytes = format.quant_bytes();
+        let quants = &self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
+        for (unit, values) in values.chunks_exact_mut(BLOCK).enumerate() {
+            let (low, high) = values.split_at_mut(BLOCK / 2);
+            for chunk in 0..4 {
+                let four = &quants[((unit * 4 + chunk) * TILE + r) * 4..][..4];
+                for (j, &byte) in four.iter().enumerate() {
+                    low[4 * chunk + j] = i32::from(byte & 0x0f);
+                    high[4 * chunk + j] = i32::from(byte >> 4);
+                }
+            }
+        }
+        let (planes, units) = (format.high_planes(), format.units());
+        for plane in 0..planes {
+            for (unit, values) in values.chunks_exact_mut(BLOCK).enumerate() {
+                for (group, four) in values.chunks_exact_mut(4).enumerate() {
+                    let g = ((tb * planes + plane) * units + unit) * GROUPS + group;
+                    let bits = (self.high[g] >> (4 * r)) as i32;
+                    for (j, v) in four.iter_mut().enumerate() {
+                        *v |= ((bits >> j) & 1) << (4 + plane);
+                    }
+                }
+            }
+        }
+        values.iter_mut().for_each(|v| *v -= format.bias());
     }
 
     fn scale(&self, tb: usize, r: usize) -> f32 {
