@@ -159,9 +159,9 @@ fn stored_bias(format: Format) -> i32 {
     }
 }
 
-/// A block's 32 values, the stored bias taken out, in loops the compiler vectorizes (the
-/// portable kernel is what a Pi runs). Picking each value on its own, format tests and all,
-/// had held a 1.1B Q4_1 to 1.1 tok/s here.
+/// A block's 32 values, the stored bias taken out, a loop per step. Picking each value on
+/// its own, format tests and all, had held the portable kernel to 1.1 tok/s on a 1.1B Q4_1
+/// here.
 fn block_values(format: Format, block: &[u8]) -> [i8; BLOCK] {
     let mut values = [0i8; BLOCK];
     if format == Format::Q8_0 {
