@@ -263,10 +263,14 @@ mod x86 {
             while done < columns.len() {
                 let at = |c: usize| columns[done + c];
                 let out = out.add(done * n);
-                done += if columns.len() - done >= 6 {
-                    panel_step_avx2::<6>(panel, half, std::array::from_fn(at), out, n, rows)
-                } else {
-                    panel_step_avx2::<1>(panel, half, std::array::from_fn(at), out, n, rows)
+                // The last few take 2 or 3 at a time: one alone waits on its multiply-adds.
+                done += match columns.len() - done {
+                    6.. => panel_step_avx2::<6>(panel, half, std::array::from_fn(at), out, n, rows),
+                    3..=5 => {
+                        panel_step_avx2::<3>(panel, half, std::array::from_fn(at), out, n, rows)
+                    }
+                    2 => panel_step_avx2::<2>(panel, half, std::array::from_fn(at), out, n, rows),
+                    _ => panel_step_avx2::<1>(panel, half, std::array::from_fn(at), out, n, rows),
                 };
             }
         }
