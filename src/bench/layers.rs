@@ -3,7 +3,7 @@
 //! the run instead of the model's maximum context.
 
 use super::kernels::{
-    dot_f32, run_products, Format, HalfRows, InPlace, Kernel, Panel, Repacked, RowProduct,
+    dot_f32_rows, run_products, Format, HalfRows, InPlace, Kernel, Panel, Repacked, RowProduct,
     SharedBytes, Tiles, PANEL_ROWS,
 };
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
@@ -625,6 +625,13 @@ impl Strided<'_> {
         let [s0, s1, s2] = self.strides;
         &self.values[batch * s0 + head * s1 + position * s2..][..dim]
     }
+
+    /// The rows at (batch, head, `positions`), one after another (a position's row is the
+    /// cache's whole dim, so they lie side by side).
+    fn rows(&self, batch: usize, head: usize, positions: std::ops::Range<usize>) -> &[f32] {
+        let [s0, s1, s2] = self.strides;
+        &self.values[batch * s0 + head * s1 + positions.start * s2..][..positions.len() * s2]
+    }
 }
 
 /// What the attentions run on candle's pool read: the queries' shape, values and positions,
@@ -864,11 +871,9 @@ impl Inputs<'_> {
             let keys = last + 1 - first;
             let query = |g: usize| self.query(batch, kv * group + g, s);
             let mut scores = vec![0f32; group * keys];
-            for t in 0..keys {
-                let key = self.keys_at.row(batch, kv, first + t, dim);
-                for g in 0..group {
-                    scores[g * keys + t] = dot_f32(kernel, query(g), key);
-                }
+            let key_rows = self.keys_at.rows(batch, kv, first..last + 1);
+            for (g, scores) in scores.chunks_exact_mut(keys).enumerate() {
+                dot_f32_rows(kernel, query(g), key_rows, scores);
             }
             let mut weights = vec![0f32; scores.len()];
             for (scores, weights) in scores

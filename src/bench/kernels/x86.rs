@@ -25,6 +25,7 @@ pub fn avx512_vnni() -> bool {
 
 /// Σ a·b over their common length with AVX-512.
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = _mm512_setzero_ps();
@@ -38,6 +39,7 @@ pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
 
 /// Σ a·b over their common length with AVX2.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut acc = _mm256_setzero_ps();
@@ -50,6 +52,22 @@ pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     let sum = _mm_add_ss(pairs, _mm_movehdup_ps(pairs));
     let done = n / 8 * 8;
     _mm_cvtss_f32(sum) + super::dot_f32_portable(&a[done..n], &b[done..n])
+}
+
+/// [`super::dot_f32_rows`] with AVX-512: each row's dot inlined.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_rows_avx512(a: &[f32], rows: &[f32], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(a.len().max(1))) {
+        *o = dot_f32_avx512(a, row);
+    }
+}
+
+/// [`super::dot_f32_rows`] with AVX2: each row's dot inlined.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_rows_avx2(a: &[f32], rows: &[f32], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(a.len().max(1))) {
+        *o = dot_f32_avx2(a, row);
+    }
 }
 
 /// How far ahead of the weights being read they are fetched into cache, by every kernel that
