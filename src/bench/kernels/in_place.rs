@@ -75,41 +75,41 @@ impl InPlace {
         let format = self.format;
         // AVX-512 takes Q8_0's blocks two at a time, the 4- and 5-bit formats four at a time;
         // AVX2 takes them all two at a time.
-        #[cfg(target_arch = "x86_64")]
-        let (pairs, quads, twins) = match (kernel, format) {
+        let grouped = match (kernel, format) {
+            #[cfg(target_arch = "x86_64")]
             (Kernel::Avx512Vnni, Format::Q8_0) => {
-                (x86::pairs(&x, stored_bias(format)), Vec::new(), Vec::new())
+                Grouped::Pairs(x86::pairs(&x, stored_bias(format)))
             }
-            (Kernel::Avx512Vnni, _) => {
-                (Vec::new(), x86::quads(&x, stored_bias(format)), Vec::new())
-            }
-            (Kernel::Avx2, _) => (Vec::new(), Vec::new(), x86::twins(&x, format)),
-            _ => (Vec::new(), Vec::new(), Vec::new()),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512Vnni, _) => Grouped::Quads(x86::quads(&x, stored_bias(format))),
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx2, _) => Grouped::Twins(x86::twins(&x, format)),
+            _ => Grouped::Blocks,
         };
-        self.generate(move |row| match kernel {
+        // SAFETY (each SIMD arm): only kernels this CPU has group the activations; the row
+        // has one block per activation block (checked in `new` and `check_input`), which the
+        // groups hold in order.
+        self.generate(move |row| match &grouped {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: only kernels this CPU has get here; the row has one block per
-            // activation block (checked in `new` and `check_input`), and `pairs` and `quads`
-            // group them.
-            Kernel::Avx512Vnni => unsafe {
+            Grouped::Pairs(pairs) => unsafe { x86::dot_q8_0_vnni(row, pairs, &x) },
+            #[cfg(target_arch = "x86_64")]
+            Grouped::Quads(quads) => unsafe {
                 match format {
-                    Format::Q4_1 => x86::dot_quads::<1>(row, &quads),
-                    Format::Q5_0 => x86::dot_quads::<2>(row, &quads),
-                    Format::Q5_1 => x86::dot_quads::<3>(row, &quads),
-                    _ => x86::dot_q8_0_vnni(row, &pairs, &x),
+                    Format::Q4_1 => x86::dot_quads::<1>(row, quads),
+                    Format::Q5_0 => x86::dot_quads::<2>(row, quads),
+                    _ => x86::dot_quads::<3>(row, quads),
                 }
             },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Kernel::Avx2 => unsafe {
+            Grouped::Twins(twins) => unsafe {
                 match format {
-                    Format::Q4_1 => x86::dot::<1>(row, &twins),
-                    Format::Q5_0 => x86::dot::<2>(row, &twins),
-                    Format::Q5_1 => x86::dot::<3>(row, &twins),
-                    _ => x86::dot::<4>(row, &twins),
+                    Format::Q4_1 => x86::dot::<1>(row, twins),
+                    Format::Q5_0 => x86::dot::<2>(row, twins),
+                    Format::Q5_1 => x86::dot::<3>(row, twins),
+                    _ => x86::dot::<4>(row, twins),
                 }
             },
-            _ => portable_dot(format, row, &x),
+            Grouped::Blocks => portable_dot(format, row, &x),
         })
     }
 
@@ -143,6 +143,18 @@ impl InPlace {
             _ => k_rows::portable_dot(self.format, row, &x),
         })
     }
+}
+
+/// A token's activation blocks as the chosen kernel takes them.
+enum Grouped {
+    #[cfg(target_arch = "x86_64")]
+    Pairs(Vec<x86::Pair>),
+    #[cfg(target_arch = "x86_64")]
+    Quads(Vec<x86::Quad>),
+    #[cfg(target_arch = "x86_64")]
+    Twins(Vec<x86::Twin>),
+    /// One at a time, for the portable loops.
+    Blocks,
 }
 
 /// The f16 at `at` of a block: its scale at 0, Q4_1's and Q5_1's minimum at 2.
@@ -594,6 +606,7 @@ mod x86 {
                     let second = if format.has_min() {
                         a.s
                     } else if format == Format::Q8_0 {
+                        // Its products take w's sign instead of a bias.
                         0.0
                     } else {
                         -(bias as f32) * a.d * a.sum as f32

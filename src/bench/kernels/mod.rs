@@ -784,11 +784,16 @@ impl Tiles {
                     };
                 }
             }
-            if format != Format::Q8_0 {
-                values.iter_mut().for_each(|v| *v -= format.bias());
-            }
-            return;
+        } else {
+            self.decode_nibbles(tb, r, values);
         }
+        values.iter_mut().for_each(|v| *v -= format.bias());
+    }
+
+    /// [`Tiles::decode`] for the nibble formats, before the bias: low nibbles, then each
+    /// high plane's bits.
+    fn decode_nibbles(&self, tb: usize, r: usize, values: &mut [i32]) {
+        let format = self.format;
         let quant_bytes = format.quant_bytes();
         let quants = &self.quants[tb * TILE * quant_bytes..][..TILE * quant_bytes];
         for (unit, values) in values.chunks_exact_mut(BLOCK).enumerate() {
@@ -813,7 +818,6 @@ impl Tiles {
                 }
             }
         }
-        values.iter_mut().for_each(|v| *v -= format.bias());
     }
 
     fn scale(&self, tb: usize, r: usize) -> f32 {
