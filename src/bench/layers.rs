@@ -247,7 +247,11 @@ impl Linear {
                     );
                 }
                 let m = x.elem_count() / tiles.k();
-                let out = tiles.matmul(&x.flatten_all()?.to_vec1::<f32>()?, m)?;
+                // Read in place: copying a prompt's input rows for each of a layer's seven
+                // matrices was 2% of an F16 prompt pass.
+                let x = x.contiguous()?;
+                let (storage, layout) = x.storage_and_layout();
+                let out = tiles.matmul(f32_values(&storage, layout)?, m)?;
                 let mut shape = dims.to_vec();
                 if let Some(last) = shape.last_mut() {
                     *last = tiles.rows();
@@ -498,7 +502,7 @@ const PANEL_QUERIES: usize = 16;
 fn f32_values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("attention takes contiguous f32 values on the CPU"),
+        _ => candle_core::bail!("expected contiguous f32 values on the CPU"),
     }
 }
 

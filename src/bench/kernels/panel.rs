@@ -299,6 +299,15 @@ mod x86 {
                 high[c] = _mm256_fmadd_ps(w1, a, high[c]);
             }
         }
+        // Whole halves store straight: through a buffer, the copy of `rows` values was a
+        // library call a step, 1-2% of an F16 prompt.
+        if rows == 16 {
+            for c in 0..C {
+                _mm256_storeu_ps(out.add(c * n), low[c]);
+                _mm256_storeu_ps(out.add(c * n + 8), high[c]);
+            }
+            return C;
+        }
         let mut values = [0f32; 16];
         for c in 0..C {
             _mm256_storeu_ps(values.as_mut_ptr(), low[c]);
