@@ -4,6 +4,7 @@
 //!     cargo bench --bench kernels              # CANDLE_NUM_THREADS sets the threads
 //!     cargo bench --bench kernels -- streaming # only the streaming table
 //!     cargo bench --bench kernels -- ceiling   # only the in-cache table
+//!     cargo bench --bench kernels -- attention # only attention's weighted sum
 //!     cargo bench --bench kernels -- streaming Q4_1 Q5K  # only these formats
 //!
 //! Prints the median of 20 runs for each, and the ratio, for every SIMD kernel this CPU has
@@ -16,7 +17,9 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use fitbench::bench::kernels::{Format, HalfRows, InPlace, Kernel, Repacked, Tiles};
+use fitbench::bench::kernels::{
+    weighted_sum_rows, Format, HalfRows, InPlace, Kernel, Repacked, Tiles,
+};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -86,6 +89,10 @@ fn main() -> candle_core::Result<()> {
     if args.iter().any(|a| a == "ceiling") {
         return ceiling(&formats, k);
     }
+    if args.iter().any(|a| a == "attention") {
+        attention();
+        return Ok(());
+    }
     let kernels: Vec<Kernel> = Kernel::available()
         .into_iter()
         .filter(|&k| k != Kernel::Portable)
@@ -118,6 +125,39 @@ fn main() -> candle_core::Result<()> {
     }
     streaming(&formats, n, k)?;
     ceiling(&formats, k)
+}
+
+/// Generation's attention-weighted sum of value rows, per group of query heads, against
+/// adding each key's share into the outputs in memory (the loop it replaced), one thread.
+fn attention() {
+    println!("| heads × dim | keys | key at a time | weighted_sum_rows | ratio |");
+    println!("|---|---|---|---|---|");
+    for (heads, dim, keys) in [(8, 64, 128), (8, 64, 512), (3, 64, 128), (4, 256, 128)] {
+        let weights: Vec<f32> = (0..heads * keys).map(|i| (i % 7) as f32 * 0.01).collect();
+        let rows: Vec<f32> = (0..keys * dim).map(|i| (i % 13) as f32 * 0.1).collect();
+        let mut out = vec![0f32; heads * dim];
+        let key_at_a_time = median_seconds(|| {
+            out.fill(0.0);
+            for (t, row) in rows.chunks_exact(dim).enumerate() {
+                for (out, weights) in out.chunks_exact_mut(dim).zip(weights.chunks_exact(keys)) {
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o += weights[t] * v;
+                    }
+                }
+            }
+            std::hint::black_box(&out);
+        });
+        let ours = median_seconds(|| {
+            weighted_sum_rows(&weights, &rows, dim, &mut out);
+            std::hint::black_box(&out);
+        });
+        println!(
+            "| {heads} × {dim} | {keys} | {:.2} µs | {:.2} µs | {:.2} |",
+            key_at_a_time * 1e6,
+            ours * 1e6,
+            key_at_a_time / ours
+        );
+    }
 }
 
 const STREAMED_BYTES: usize = 512 << 20;

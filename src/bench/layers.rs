@@ -3,8 +3,8 @@
 //! the run instead of the model's maximum context.
 
 use super::kernels::{
-    dot_f32_rows, run_products, Format, HalfRows, InPlace, Kernel, Panel, Repacked, RowProduct,
-    SharedBytes, Tiles, PANEL_ROWS,
+    dot_f32_rows, run_products, weighted_sum_rows, Format, HalfRows, InPlace, Kernel, Panel,
+    Repacked, RowProduct, SharedBytes, Tiles, PANEL_ROWS,
 };
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{CpuStorage, Device, Layout, Module, Result, Storage, Tensor};
@@ -624,12 +624,6 @@ impl Strided<'_> {
         self.values[batch * s0 + head * s1 + position * s2 + i]
     }
 
-    /// The `dim` values at (batch, head, position).
-    fn row(&self, batch: usize, head: usize, position: usize, dim: usize) -> &[f32] {
-        let [s0, s1, s2] = self.strides;
-        &self.values[batch * s0 + head * s1 + position * s2..][..dim]
-    }
-
     /// The rows at (batch, head, `positions`), one after another (a position's row is the
     /// cache's whole dim, so they lie side by side).
     fn rows(&self, batch: usize, head: usize, positions: std::ops::Range<usize>) -> &[f32] {
@@ -892,18 +886,8 @@ impl Inputs<'_> {
             let at = (batch * seq_len + s) * self.width() + kv * group * dim;
             let outputs =
                 unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(at), group * dim) };
-            for t in 0..keys {
-                let value = self.values_at.row(batch, kv, first + t, dim);
-                for (output, weights) in outputs
-                    .chunks_exact_mut(dim)
-                    .zip(weights.chunks_exact(keys))
-                {
-                    let weight = weights[t];
-                    for (o, v) in output.iter_mut().zip(value) {
-                        *o += weight * v;
-                    }
-                }
-            }
+            let value_rows = self.values_at.rows(batch, kv, first..last + 1);
+            weighted_sum_rows(&weights, value_rows, dim, outputs);
         };
         candle_core::utils::barrier_pool().execute_chunked(self.b * kv_heads * seq_len, |items| {
             items.for_each(attend_query)

@@ -1141,6 +1141,67 @@ pub fn dot_f32_rows(kernel: Kernel, a: &[f32], rows: &[f32], out: &mut [f32]) {
     }
 }
 
+/// out[h] = Σₜ weights[h][t] · rows[t] for each head h: a group of query heads' attention
+/// weights (heads × keys) over their value rows (keys × dim, side by side), into heads ×
+/// dim values. Up to 4 heads × 32 values are summed in registers while the value rows pass
+/// once; adding each key's share into the outputs in memory had been a load and a store per
+/// multiply-add (3.5% of a long TinyLlama generation's samples). The sums run over the keys
+/// in order, as that loop's did.
+pub fn weighted_sum_rows(weights: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+    let heads = out.len() / dim.max(1);
+    let keys = weights.len() / heads.max(1);
+    if dim == 0 || keys == 0 || rows.len() < keys * dim {
+        out.fill(0.0);
+        return;
+    }
+    for (weights, out) in weights
+        .chunks(WEIGHTED_HEADS * keys)
+        .zip(out.chunks_mut(WEIGHTED_HEADS * dim))
+    {
+        match out.len() / dim {
+            4 => weighted_heads::<4>(weights, rows, dim, out),
+            3 => weighted_heads::<3>(weights, rows, dim, out),
+            2 => weighted_heads::<2>(weights, rows, dim, out),
+            _ => weighted_heads::<1>(weights, rows, dim, out),
+        }
+    }
+}
+
+/// Heads summed together in [`weighted_sum_rows`], and values of each.
+const WEIGHTED_HEADS: usize = 4;
+const WEIGHTED_LANES: usize = 32;
+
+fn weighted_heads<const H: usize>(weights: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+    let keys = weights.len() / H;
+    let weights: [&[f32]; H] = std::array::from_fn(|h| &weights[h * keys..][..keys]);
+    let rows = &rows[..keys * dim];
+    let whole = dim / WEIGHTED_LANES * WEIGHTED_LANES;
+    for at in (0..whole).step_by(WEIGHTED_LANES) {
+        let mut sums = [[0f32; WEIGHTED_LANES]; H];
+        for (t, row) in rows.chunks_exact(dim).enumerate() {
+            let values = &row[at..at + WEIGHTED_LANES];
+            for (sums, weights) in sums.iter_mut().zip(&weights) {
+                let weight = weights[t];
+                for (sum, &v) in sums.iter_mut().zip(values) {
+                    *sum += weight * v;
+                }
+            }
+        }
+        for (out, sums) in out.chunks_exact_mut(dim).zip(&sums) {
+            out[at..at + WEIGHTED_LANES].copy_from_slice(sums);
+        }
+    }
+    for (out, weights) in out.chunks_exact_mut(dim).zip(&weights) {
+        let out = &mut out[whole..];
+        out.fill(0.0);
+        for (row, &weight) in rows.chunks_exact(dim).zip(weights.iter()) {
+            for (o, &v) in out.iter_mut().zip(&row[whole..]) {
+                *o += weight * v;
+            }
+        }
+    }
+}
+
 /// Σ a·b in 8 running sums, which the compiler can keep in vector lanes (one sum cannot be
 /// reordered, so it stays scalar).
 fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
@@ -1531,6 +1592,35 @@ mod tests {
                         (ours as f64 - expected).abs() < 1e-4,
                         "{kernel:?} n={n}: {ours} against {expected}"
                     );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn weighted_sums_match_a_double_sum_for_any_group_and_width() -> Result<()> {
+        let keys = 37;
+        // 1-9 heads take every grouping of 4, 3, 2 and 1; widths 40 and 80 leave a tail
+        // past the whole 32-value runs, and 16 has none of them.
+        for heads in 1..=9 {
+            for dim in [16, 40, 64, 80] {
+                let weights: Vec<f32> =
+                    Tensor::rand(0f32, 1.0, (heads * keys,), &Device::Cpu)?.to_vec1()?;
+                let rows: Vec<f32> =
+                    Tensor::randn(0f32, 1.0, (keys * dim,), &Device::Cpu)?.to_vec1()?;
+                let mut out = vec![f32::NAN; heads * dim];
+                weighted_sum_rows(&weights, &rows, dim, &mut out);
+                for (h, out) in out.chunks_exact(dim).enumerate() {
+                    for (i, &ours) in out.iter().enumerate() {
+                        let expected: f64 = (0..keys)
+                            .map(|t| weights[h * keys + t] as f64 * rows[t * dim + i] as f64)
+                            .sum();
+                        assert!(
+                            (ours as f64 - expected).abs() < 1e-4,
+                            "{heads} heads × {dim}, head {h} value {i}: {ours} against {expected}"
+                        );
+                    }
                 }
             }
         }
