@@ -1146,11 +1146,11 @@ pub fn dot_f32_rows(kernel: Kernel, a: &[f32], rows: &[f32], out: &mut [f32]) {
 /// dim values. Up to 4 heads × 32 values are summed in registers while the value rows pass
 /// once; adding each key's share into the outputs in memory had been a load and a store per
 /// multiply-add (3.5% of a long TinyLlama generation's samples). The sums run over the keys
-/// in order, as that loop's did.
+/// in order, as that loop's did. Shapes that do not fit together leave `out` zeroed.
 pub fn weighted_sum_rows(weights: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
     let heads = out.len() / dim.max(1);
     let keys = weights.len() / heads.max(1);
-    if dim == 0 || keys == 0 || rows.len() < keys * dim {
+    if dim == 0 || keys == 0 || weights.len() != heads * keys || rows.len() < keys * dim {
         out.fill(0.0);
         return;
     }
