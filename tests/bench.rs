@@ -195,6 +195,30 @@ fn the_synthetic_twin_has_the_real_files_tensors() {
             .and_then(|v| v.as_str()),
         Some("no_vocab")
     );
+    assert!(synthetic.is_synthetic() && !real.is_synthetic());
+
+    // Benched by its path, the twin is still recorded as synthetic, and --sample refuses it.
+    let twin_path = twin.to_str().unwrap();
+    let quick = ["-p", "0", "-n", "4", "-r", "1", "--warmup", "0", "-t", "1"];
+    let mut args = vec!["--gguf", twin_path, "-o", "r.csv"];
+    args.extend_from_slice(&quick);
+    let output = bench(dir.path(), &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rows = results::read(&dir.path().join("r.csv")).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].synthetic,
+        "a twin benched by path was recorded as real"
+    );
+    args.push("--sample");
+    let output = bench(dir.path(), &args);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--sample needs real weights"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(results::read(&dir.path().join("r.csv")).unwrap().len(), 1);
 }
 
 #[test]

@@ -140,6 +140,11 @@ impl Prepared {
         Ok(())
     }
 
+    /// Whether the file is a twin `fitbench synth` wrote, whatever path it was given by.
+    pub fn is_synthetic(&self) -> bool {
+        self.file.is_synthetic()
+    }
+
     /// The memory and shape facts the checks used.
     pub fn footprint(&self) -> &Footprint {
         &self.footprint
@@ -309,7 +314,8 @@ pub fn records(
                 model_size: prepared.file.tensor_bytes(),
                 model_n_params: prepared.file.parameters(),
                 quant: f.quant.clone(),
-                synthetic: plan.synthetic,
+                // A twin benched by its path is as synthetic as one benched by its id.
+                synthetic: plan.synthetic || prepared.is_synthetic(),
                 test: t.name(),
                 n_prompt: t.n_prompt,
                 n_gen: t.n_gen,

@@ -147,10 +147,13 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give --gguf FILE or --model ID --quant Q"),
     }
-    if args.sample && plan.synthetic {
-        bail!("--sample needs real weights: a synthetic model only produces noise");
-    }
     let mut prepared = session::prepare(&plan, &hardware)?;
+    if args.sample && (plan.synthetic || prepared.is_synthetic()) {
+        bail!(
+            "{}: --sample needs real weights: this synthetic twin only produces noise",
+            plan.model_path.display()
+        );
+    }
     // Open the results file before the long work: a bad -o fails now, not after minutes.
     let mut results = ResultsFile::open(&args.output)?;
     prepared.hash(&plan.model_path)?;

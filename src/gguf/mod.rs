@@ -125,6 +125,11 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
+    /// Whether `fitbench synth` wrote this file: its weights are random, of the right shapes.
+    pub fn is_synthetic(&self) -> bool {
+        matches!(self.get("fitbench.synthetic"), Some(MetaValue::Bool(true)))
+    }
+
     pub fn architecture(&self) -> Option<&str> {
         self.get("general.architecture").and_then(MetaValue::as_str)
     }
