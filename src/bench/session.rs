@@ -17,7 +17,6 @@ use std::process::{Command, Stdio};
 #[derive(Debug, Clone)]
 pub struct SessionPlan {
     pub model_path: PathBuf,
-    pub synthetic: bool,
     pub threads: Vec<usize>,
     pub run: RunSettings,
     /// Run even when the estimate says the model would not fit.
@@ -314,8 +313,8 @@ pub fn records(
                 model_size: prepared.file.tensor_bytes(),
                 model_n_params: prepared.file.parameters(),
                 quant: f.quant.clone(),
-                // A twin benched by its path is as synthetic as one benched by its id.
-                synthetic: plan.synthetic || prepared.is_synthetic(),
+                // From the file, so a twin benched by its path is marked as one by its id.
+                synthetic: prepared.is_synthetic(),
                 test: t.name(),
                 n_prompt: t.n_prompt,
                 n_gen: t.n_gen,

@@ -107,7 +107,6 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
     let repetitions = args.repetitions.max(1);
     let mut plan = SessionPlan {
         model_path: PathBuf::new(),
-        synthetic: false,
         threads,
         run: RunSettings {
             tests,
@@ -140,7 +139,6 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
                 &hardware,
             )?;
             plan.model_path = synthetic_path(&spec.id, quant)?;
-            plan.synthetic = true;
             if !plan.model_path.is_file() {
                 write_synthetic(&spec.id, quant, &plan.model_path)?;
             }
@@ -148,7 +146,7 @@ pub fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         (None, None) => bail!("give --gguf FILE or --model ID --quant Q"),
     }
     let mut prepared = session::prepare(&plan, &hardware)?;
-    if args.sample && (plan.synthetic || prepared.is_synthetic()) {
+    if args.sample && prepared.is_synthetic() {
         bail!(
             "{}: --sample needs real weights: this synthetic twin only produces noise",
             plan.model_path.display()

@@ -23,7 +23,6 @@ struct ReadyModel {
     /// `SPEC: models[N]`, for errors.
     label: String,
     path: PathBuf,
-    synthetic: bool,
     /// The twin to write before its first configuration, when it is not cached yet.
     to_synthesize: Option<(String, catalog::Quant)>,
     /// The header checks, done once; a twin not yet written is prepared when it is.
@@ -33,7 +32,6 @@ struct ReadyModel {
 fn plan_for(suite: &Suite, model: &ReadyModel, threads: &[usize], force: bool) -> SessionPlan {
     SessionPlan {
         model_path: model.path.clone(),
-        synthetic: model.synthetic,
         threads: threads.to_vec(),
         run: suite.run.clone(),
         force,
@@ -82,7 +80,6 @@ fn check_models(
                     label: format!("{spec}: {field}"),
                     to_synthesize: (!path.is_file()).then(|| (id.clone(), *quant)),
                     path,
-                    synthetic: true,
                     prepared: None,
                 };
                 let footprint = Footprint::from_catalog(catalog_model, *quant);
@@ -105,7 +102,6 @@ fn check_models(
                 let mut entry = ReadyModel {
                     label: format!("{spec}: {field}"),
                     path: path.clone(),
-                    synthetic: false,
                     to_synthesize: None,
                     prepared: None,
                 };

@@ -1583,19 +1583,20 @@ mod tests {
                 let mut out = [f32::NAN; 2];
                 dot_f32_rows(kernel, &a[..n], &rows[..2 * n], &mut out);
                 for (row, ours) in rows.chunks_exact(n).zip(out) {
-                    let expected: f64 = a[..n]
-                        .iter()
-                        .zip(row)
-                        .map(|(a, b)| *a as f64 * *b as f64)
-                        .sum();
-                    assert!(
-                        (ours as f64 - expected).abs() < 1e-4,
-                        "{kernel:?} n={n}: {ours} against {expected}"
-                    );
+                    let expected = a[..n].iter().zip(row).map(|(a, b)| *a as f64 * *b as f64);
+                    assert_near_exact(ours, expected.sum(), format_args!("{kernel:?} n={n}"));
                 }
             }
         }
         Ok(())
+    }
+
+    /// `ours` within 1e-4 of the double-precision `exact`.
+    fn assert_near_exact(ours: f32, exact: f64, what: std::fmt::Arguments) {
+        assert!(
+            (ours as f64 - exact).abs() < 1e-4,
+            "{what}: {ours} against {exact}"
+        );
     }
 
     #[test]
@@ -1613,13 +1614,10 @@ mod tests {
                 weighted_sum_rows(&weights, &rows, dim, &mut out);
                 for (h, out) in out.chunks_exact(dim).enumerate() {
                     for (i, &ours) in out.iter().enumerate() {
-                        let expected: f64 = (0..keys)
-                            .map(|t| weights[h * keys + t] as f64 * rows[t * dim + i] as f64)
-                            .sum();
-                        assert!(
-                            (ours as f64 - expected).abs() < 1e-4,
-                            "{heads} heads × {dim}, head {h} value {i}: {ours} against {expected}"
-                        );
+                        let expected = (0..keys)
+                            .map(|t| weights[h * keys + t] as f64 * rows[t * dim + i] as f64);
+                        let what = format_args!("{heads} heads × {dim}, head {h} value {i}");
+                        assert_near_exact(ours, expected.sum(), what);
                     }
                 }
             }
