@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::{fitbench_in, stderr, test_model, GEMMA3, SMOLLM2};
 use fitbench::gguf::GgufFile;
 use fitbench::results;
@@ -381,7 +381,8 @@ fn bench_rejects_bad_input_clearly_and_writes_nothing() {
 
 /// Decodes 16 tokens after `prompt`, feeding both models the reference's greedy choice
 /// (teacher forcing, so one early disagreement does not derail the rest). Returns how many
-/// of the 16 greedy picks agree and the largest logit difference seen.
+/// of the 16 greedy picks agree, a [`near_tie`] counting as agreement, and the largest logit
+/// difference seen.
 ///
 /// Bit-identical logits are not expected: both models quantize activations to 8 bits, and
 /// candle's kernels sum in another order. Against the f32 model (weights dequantized, no
@@ -406,7 +407,7 @@ fn teacher_forced(
             .to_scalar::<f32>()?;
         worst = worst.max(difference);
         let token = next(&reference_logits)?;
-        agree += usize::from(next(&ours_logits)? == token);
+        agree += usize::from(near_tie(&reference_logits, token, next(&ours_logits)?)?);
         picks.push(token);
         ours_logits = ours(&ids(&[token])?, pos)?;
         reference_logits = reference(&ids(&[token])?, pos)?;
@@ -418,37 +419,130 @@ fn teacher_forced(
     Ok((agree, worst))
 }
 
+/// Whether the reference scores `pick` within 0.05 of its own best, `best`: a tie that 8-bit
+/// activations may break either way (Gemma 3 at one position of its test: 22.416 against
+/// 22.404).
+fn near_tie(reference_logits: &Tensor, best: u32, pick: u32) -> candle_core::Result<bool> {
+    let logits = reference_logits.flatten_all()?;
+    let logit = |token: u32| logits.get(token as usize)?.to_scalar::<f32>();
+    Ok(pick == best || logit(best)? - logit(pick)? < 0.05)
+}
+
 fn gguf(path: &Path) -> anyhow::Result<(gguf_file::Content, std::fs::File)> {
     let mut file = std::fs::File::open(path)?;
     let content = gguf_file::Content::read(&mut file)?;
     Ok((content, file))
 }
 
-/// At least 15 of 16 greedy picks agree, and no logit is 2 or more apart.
+/// At least 15 of 16 greedy picks agree (or tie), and no logit is 2 or more apart.
 fn assert_agree((agree, worst): (usize, f32)) {
     assert!(agree >= 15, "{agree} of 16 greedy tokens agree");
     assert!(worst < 2.0, "logits differ by {worst}");
 }
 
-/// fitbench's lean Gemma 3 against candle-transformers' `quantized_gemma3`, the reference it
-/// reimplements with less memory and its own kernels: the same greedy tokens.
+/// fitbench's lean Gemma 3 against candle-transformers' f32 `gemma3` (after Hugging Face's,
+/// gating with GELU as the model does) on the same file's weights: the same greedy tokens.
+/// candle's `quantized_gemma3` cannot be the reference, since it gates with SiLU.
 #[test]
-fn the_lean_gemma3_agrees_with_candles_reference() -> anyhow::Result<()> {
-    use candle_transformers::models::quantized_gemma3;
+fn the_lean_gemma3_agrees_with_candles_f32_reference() -> anyhow::Result<()> {
     let path = test_model(GEMMA3);
     let (content, file) = gguf(&path)?;
     let tensors = fitbench::bench::layers::Tensors::map(&file, content)?;
     let mut ours = fitbench::bench::gemma3::Gemma3::from_gguf(&tensors, 64)?;
-    let (content, mut file) = gguf(&path)?;
-    let mut reference =
-        quantized_gemma3::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
+    let mut reference = gemma3_in_f32(&path, 64)?;
     // A fixed prompt: <bos> and five ordinary tokens of Gemma 3's vocabulary.
     assert_agree(teacher_forced(
         |x, pos| ours.forward(x, pos),
-        |x, pos| reference.forward(x, pos),
+        |x, pos| reference.forward(x, pos)?.flatten_from(1),
         &[2, 818, 5279, 529, 7001, 563],
     )?);
     Ok(())
+}
+
+/// candle's f32 Gemma 3 on a gemma3 GGUF's weights, dequantized and named as in the Hugging
+/// Face checkpoint, for up to `positions` positions.
+fn gemma3_in_f32(
+    path: &Path,
+    positions: usize,
+) -> anyhow::Result<candle_transformers::models::gemma3::Model> {
+    use candle_transformers::models::gemma3;
+    let (content, mut file) = gguf(path)?;
+    let value = |key: &str| {
+        content
+            .metadata
+            .get(&format!("gemma3.{key}"))
+            .ok_or_else(|| anyhow::anyhow!("{}: no gemma3.{key}", path.display()))
+    };
+    let count = |key: &str| -> anyhow::Result<usize> { Ok(value(key)?.to_u32()? as usize) };
+    let head_dim = count("attention.key_length")?;
+    let config: gemma3::Config = serde_json::from_value(serde_json::json!({
+        "attention_bias": false,
+        "head_dim": head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": count("embedding_length")?,
+        "intermediate_size": count("feed_forward_length")?,
+        "num_attention_heads": count("attention.head_count")?,
+        "num_hidden_layers": count("block_count")?,
+        "num_key_value_heads": count("attention.head_count_kv")?,
+        "rms_norm_eps": value("attention.layer_norm_rms_epsilon")?.to_f32()?,
+        "rope_theta": value("rope.freq_base")?.to_f32()?,
+        // Gemma 3's configuration; the file leaves these two out.
+        "rope_local_base_freq": 10_000.0,
+        "sliding_window_pattern": 6,
+        "vocab_size": content.tensor_infos["token_embd.weight"].shape.dims()[0],
+        "final_logit_softcapping": null,
+        "attn_logit_softcapping": null,
+        "query_pre_attn_scalar": head_dim,
+        "sliding_window": count("attention.sliding_window")?,
+        "max_position_embeddings": positions,
+    }))?;
+    let mut weights = std::collections::HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let mut tensor = content
+            .tensor(&mut file, name, &Device::Cpu)?
+            .dequantize(&Device::Cpu)?;
+        // llama.cpp's converter stores Gemma's norm weights plus one, and the model (candle's
+        // as Hugging Face's) scales by 1 + w itself.
+        if name.ends_with("norm.weight") {
+            tensor = (tensor - 1.0)?;
+        }
+        weights.insert(hugging_face_name(name)?, tensor);
+    }
+    let weights = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    Ok(gemma3::Model::new(false, &config, weights)?)
+}
+
+/// A gemma3 GGUF tensor's name in the Hugging Face checkpoint.
+fn hugging_face_name(gguf_name: &str) -> anyhow::Result<String> {
+    let global = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        _ => None,
+    };
+    if let Some(name) = global {
+        return Ok(name.to_string());
+    }
+    let unknown = || anyhow::anyhow!("no Hugging Face name for {gguf_name}");
+    let rest = gguf_name.strip_prefix("blk.").ok_or_else(unknown)?;
+    let (layer, tensor) = rest.split_once('.').ok_or_else(unknown)?;
+    let tensor = tensor.strip_suffix(".weight").ok_or_else(unknown)?;
+    let name = match tensor {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "attn_norm" => "input_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "ffn_norm" => "pre_feedforward_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return Err(unknown()),
+    };
+    Ok(format!("model.layers.{layer}.{name}.weight"))
 }
 
 /// fitbench's llama (quantized embedding, its own kernels) against candle-transformers'

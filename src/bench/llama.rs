@@ -43,7 +43,7 @@ impl Layer {
         let normed = self.ffn_norm.apply(x)?;
         let [gate, up] = Linear::apply_each([&self.gate, &self.up], &normed)?;
         let mut gated = vec![0f32; gate.len()];
-        super::ops::silu_times(&gate, &up, &mut gated);
+        super::ops::gated_times(super::ops::Gate::Silu, &gate, &up, &mut gated);
         add(x, &self.down.apply(&gated)?)
     }
 }
@@ -126,10 +126,10 @@ impl Llama {
             let attended = layer.attention(&layer.attention_norm.forward(&x)?, &self.rope, pos)?;
             let x1 = (attended + &x)?;
             let normed = layer.ffn_norm.forward(&x1)?;
-            let gated = layer
-                .gate
-                .forward(&normed)?
-                .apply_op2_no_bwd(&layer.up.forward(&normed)?, &super::ops::SiluTimes)?;
+            let gated = layer.gate.forward(&normed)?.apply_op2_no_bwd(
+                &layer.up.forward(&normed)?,
+                &super::ops::GatedTimes(super::ops::Gate::Silu),
+            )?;
             x = (layer.down.forward(&gated)? + x1)?;
         }
         let last = self.norm.forward(&x)?.i((.., seq_len - 1, ..))?;

@@ -150,14 +150,22 @@ impl CustomOp1 for CausalSoftmax {
     }
 }
 
-/// silu(gate) × up, value by value, for gate and up of one shape: a feed-forward layer's
-/// gating in one pass over the pool, with the vectorized [`exp`] (candle's `silu` then `mul`
-/// are two passes, the first a library `expf` call per value).
-pub struct SiluTimes;
+/// The activation a feed-forward layer gates with: llama's SiLU or Gemma's tanh-approximated
+/// GELU (`gelu_pytorch_tanh`, ggml's `gelu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Silu,
+    GeluTanh,
+}
 
-impl CustomOp2 for SiluTimes {
+/// act(gate) × up, value by value, for gate and up of one shape: a feed-forward layer's
+/// gating in one pass over the pool, with the vectorized [`exp`] (candle's activation then
+/// `mul` are two passes, the first a library `expf` or `tanhf` call per value).
+pub struct GatedTimes(pub Gate);
+
+impl CustomOp2 for GatedTimes {
     fn name(&self) -> &'static str {
-        "silu-times"
+        "gated-times"
     }
 
     fn cpu_fwd(
@@ -179,24 +187,33 @@ impl CustomOp2 for SiluTimes {
         let out = rows_in_parallel(gate_values.len() / width, width, |row, out| {
             let gate = &gate_values[row * width..][..width];
             let up = &up_values[row * width..][..width];
-            silu_times(gate, up, out);
+            gated_times(self.0, gate, up, out);
         });
         Ok((CpuStorage::F32(out), shape.clone()))
     }
 }
 
-/// silu(gate) × up into `out`, value by value.
-pub fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = silu(g) * u;
+/// act(gate) × up into `out`, value by value.
+pub fn gated_times(activation: Gate, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    // Both activations are x·σ(z): z = x for SiLU, and for the tanh GELU
+    // 0.5·x·(1 + tanh(u)) = x·σ(2u), with u = √(2/π)·(x + 0.044715·x³).
+    const TWO_SQRT_TWO_OVER_PI: f32 = 2.0 * 0.797_884_6;
+    let values = out.iter_mut().zip(gate).zip(up);
+    match activation {
+        Gate::Silu => values.for_each(|((o, &g), &u)| *o = times_sigmoid(g, g) * u),
+        Gate::GeluTanh => values.for_each(|((o, &g), &u)| {
+            let z = TWO_SQRT_TWO_OVER_PI * g * (1.0 + 0.044_715 * g * g);
+            *o = times_sigmoid(g, z) * u;
+        }),
     }
 }
 
-/// x / (1 + e^-x), from e^-|x| only, which [`exp`] takes: for x < 0 it is x·e^x / (1 + e^x).
+/// x·σ(z) = x / (1 + e^-z), from e^-|z| only, which [`exp`] takes: for z < 0 it is
+/// x·e^z / (1 + e^z).
 #[inline(always)]
-fn silu(x: f32) -> f32 {
-    let t = exp(-x.abs());
-    let numerator = if x >= 0.0 { x } else { x * t };
+fn times_sigmoid(x: f32, z: f32) -> f32 {
+    let t = exp(-z.abs());
+    let numerator = if z >= 0.0 { x } else { x * t };
     numerator / (1.0 + t)
 }
 
@@ -269,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn silu_times_equals_candles_silu_then_mul() -> Result<()> {
+    fn gated_times_equals_candles_activation_then_mul() -> Result<()> {
         let mut gate = Tensor::rand(-30f32, 30f32, (3, 40_000), &Device::Cpu)?;
         let special = Tensor::new(
             &[[0f32, -0.0, 1e-30, -1e-30, 88.0, -88.0, -200.0, 200.0]],
@@ -280,23 +297,38 @@ mod tests {
             1,
         )?;
         let up = random(&[3, 40_000])?;
-        let ours: Vec<f32> = gate
-            .apply_op2_no_bwd(&up, &SiluTimes)?
-            .flatten_all()?
-            .to_vec1()?;
-        let expected: Vec<f32> = (candle_nn::ops::silu(&gate)? * &up)?
-            .flatten_all()?
-            .to_vec1()?;
-        for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                "value {i}: {a} against {b}"
-            );
+        let cases = [
+            (Gate::Silu, candle_nn::ops::silu(&gate)?),
+            (Gate::GeluTanh, gate.gelu()?),
+        ];
+        for (activation, candles) in cases {
+            let ours: Vec<f32> = gate
+                .apply_op2_no_bwd(&up, &GatedTimes(activation))?
+                .flatten_all()?
+                .to_vec1()?;
+            let expected: Vec<f32> = (candles * &up)?.flatten_all()?.to_vec1()?;
+            for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{activation:?}, value {i}: {a} against {b}"
+                );
+            }
+            assert!(gate
+                .apply_op2_no_bwd(&up.narrow(1, 0, 10)?, &GatedTimes(activation))
+                .is_err());
         }
-        assert!(gate
-            .apply_op2_no_bwd(&up.narrow(1, 0, 10)?, &SiluTimes)
-            .is_err());
         Ok(())
+    }
+
+    /// The two activations at points worked out by hand (x·σ(x), and 0.5·x·(1 + tanh(u))):
+    /// GELU passes almost nothing of a gate of −3, where SiLU still lets −0.142 through.
+    #[test]
+    fn gelu_and_silu_gates_differ() {
+        let mut out = [0f32; 2];
+        gated_times(Gate::Silu, &[-3.0, 1.0], &[1.0, 1.0], &mut out);
+        assert!((out[0] + 0.142_26).abs() < 1e-4 && (out[1] - 0.731_06).abs() < 1e-4);
+        gated_times(Gate::GeluTanh, &[-3.0, 1.0], &[1.0, 1.0], &mut out);
+        assert!((out[0] + 0.003_64).abs() < 1e-4 && (out[1] - 0.841_19).abs() < 1e-4);
     }
 
     #[test]
