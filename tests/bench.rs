@@ -606,6 +606,54 @@ fn the_lean_llama_on_f16_weights_agrees_with_candles_reference() -> anyhow::Resu
     smollm2_agrees_with_candle(&path)
 }
 
+/// A prompt run in micro-batches (a run's prompts go 512 tokens at a time) agrees with the
+/// reference as well as the prompt in one batch does, on both of fitbench's models: the
+/// later chunks attend to the positions the earlier ones cached. Chunks of 16 and 7 leave
+/// short last chunks, which take the few-row kernels; chunks of 1 are generation's steps.
+#[test]
+fn a_prompt_in_micro_batches_agrees_with_the_reference() -> anyhow::Result<()> {
+    use candle_transformers::models::quantized_llama;
+    use fitbench::bench::model::Model;
+    let cases = [
+        (SMOLLM2, [504, 3575, 282, 4649, 314].repeat(8)),
+        // <bos> first: Gemma 3 without it is far off any reference.
+        (
+            GEMMA3,
+            [vec![2], [818, 5279, 529, 7001, 563].repeat(8)].concat(),
+        ),
+    ];
+    for (file, prompt) in cases {
+        let path = test_model(file);
+        let ids = Tensor::new(prompt.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let reference = if file == GEMMA3 {
+            gemma3_in_f32(&path, 64)?.forward(&ids, 0)?
+        } else {
+            let (content, mut file) = gguf(&path)?;
+            quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?
+                .forward(&ids, 0)?
+        }
+        .flatten_all()?;
+        let best = reference.argmax(0)?.to_scalar::<u32>()?;
+        for ubatch in [prompt.len(), 16, 7, 1] {
+            let mut model = Model::load(&path, &Device::Cpu, 64)?;
+            let logits = model
+                .prefill(&prompt, 0, ubatch, &Device::Cpu)?
+                .flatten_all()?;
+            let difference = (&reference - &logits)?.abs()?.max(0)?.to_scalar::<f32>()?;
+            assert!(
+                difference < 2.0,
+                "{file}, chunks of {ubatch}: logits differ by {difference}"
+            );
+            assert_eq!(
+                logits.argmax(0)?.to_scalar::<u32>()?,
+                best,
+                "{file}, chunks of {ubatch}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn gemma3_peak_memory_stays_near_its_file_size() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! The measuring loop, run inside a worker process that owns one thread count (candle sizes
 //! its thread pool once per process, from CANDLE_NUM_THREADS).
 
-use super::model::Model;
+use super::model::{Model, UBATCH};
 use super::monitor::{self, Watch};
 use super::stats::{percentile, summarize};
 use super::{TestKind, TestRun, TestSpec, WorkerReport, WorkerSpec};
@@ -189,15 +189,15 @@ fn one_rep(
     model.clear();
     // Fill the context to the depth first: not timed, as in llama-bench's -d.
     if test.n_depth > 0 {
-        let fill = Tensor::new(rng.tokens(test.n_depth, vocab), device)?.unsqueeze(0)?;
-        wait(&model.forward(&fill, 0)?)?;
+        let fill = rng.tokens(test.n_depth, vocab);
+        wait(&model.prefill(&fill, 0, UBATCH, device)?)?;
     }
     let mut pos = test.n_depth;
     let started = Instant::now();
     let mut ttft_seconds = None;
     if test.n_prompt > 0 {
-        let prompt = Tensor::new(rng.tokens(test.n_prompt, vocab), device)?.unsqueeze(0)?;
-        wait(&model.forward(&prompt, pos)?)?;
+        let prompt = rng.tokens(test.n_prompt, vocab);
+        wait(&model.prefill(&prompt, pos, UBATCH, device)?)?;
         pos += test.n_prompt;
         if test.kind == TestKind::Pg {
             ttft_seconds = Some(started.elapsed().as_secs_f64());

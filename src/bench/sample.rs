@@ -3,7 +3,7 @@
 //! SentencePiece (`llama`) vocabularies, used by Gemma, TinyLlama and Mistral, are converted
 //! here from the GGUF's tokens and scores.
 
-use super::model::Model;
+use super::model::{Model, UBATCH};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::{Device, Tensor};
@@ -285,7 +285,7 @@ pub fn answer(path: &Path, max_tokens: usize) -> anyhow::Result<(String, String)
         );
     }
     let mut model = Model::load(path, &device, prompt.len() + max_tokens)?;
-    let mut logits = model.forward(&Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?, 0)?;
+    let mut logits = model.prefill(&prompt, 0, UBATCH, &device)?;
     let mut answer = Vec::new();
     for pos in prompt.len()..prompt.len() + max_tokens {
         let next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
