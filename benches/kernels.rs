@@ -20,6 +20,7 @@ use candle_core::{Device, Module, Tensor};
 use fitbench::bench::kernels::{
     weighted_sum_rows, Format, HalfRows, InPlace, Kernel, Repacked, Tiles,
 };
+use half::f16;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -127,28 +128,31 @@ fn main() -> candle_core::Result<()> {
     ceiling(&formats, k)
 }
 
-/// Generation's attention-weighted sum of value rows, per group of query heads, against
-/// adding each key's share into the outputs in memory (the loop it replaced), one thread.
+/// Generation's attention-weighted sum of the cache's f16 value rows, per group of query
+/// heads, against adding each key's share into the outputs in memory (the loop it
+/// replaced), one thread, with the best kernel.
 fn attention() {
     println!("| heads × dim | keys | key at a time | weighted_sum_rows | ratio |");
     println!("|---|---|---|---|---|");
     for (heads, dim, keys) in [(8, 64, 128), (8, 64, 512), (3, 64, 128), (4, 256, 128)] {
         let weights: Vec<f32> = (0..heads * keys).map(|i| (i % 7) as f32 * 0.01).collect();
-        let rows: Vec<f32> = (0..keys * dim).map(|i| (i % 13) as f32 * 0.1).collect();
+        let rows: Vec<f16> = (0..keys * dim)
+            .map(|i| f16::from_f32((i % 13) as f32 * 0.1))
+            .collect();
         let mut out = vec![0f32; heads * dim];
         let key_at_a_time = median_seconds(|| {
             out.fill(0.0);
             for (t, row) in rows.chunks_exact(dim).enumerate() {
                 for (out, weights) in out.chunks_exact_mut(dim).zip(weights.chunks_exact(keys)) {
                     for (o, v) in out.iter_mut().zip(row) {
-                        *o += weights[t] * v;
+                        *o += weights[t] * v.to_f32();
                     }
                 }
             }
             std::hint::black_box(&out);
         });
         let ours = median_seconds(|| {
-            weighted_sum_rows(&weights, &rows, dim, &mut out);
+            weighted_sum_rows(Kernel::best(), &weights, &rows, dim, &mut out);
             std::hint::black_box(&out);
         });
         println!(

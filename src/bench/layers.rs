@@ -3,11 +3,13 @@
 //! the run instead of the model's maximum context.
 
 use super::kernels::{
-    dot_f32_rows, run_products, weighted_sum_rows, Format, HalfRows, InPlace, Kernel, Panel,
+    dot_half_rows, run_products, weighted_sum_rows, Format, HalfRows, InPlace, Kernel, Panel,
     Repacked, RowProduct, SharedBytes, Tiles, PANEL_ROWS,
 };
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{CpuStorage, Device, Layout, Module, Result, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Storage, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -507,9 +509,11 @@ fn f32_values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
 }
 
 /// Cached keys or values, (batch, head, position, dim) with room for `capacity` positions
-/// a head: appending a token copies one token, not the whole cache.
+/// a head: appending a token copies one token, not the whole cache. Held as f16, as
+/// llama.cpp's default KV cache holds them: half the memory of f32, and half the bytes a
+/// token reads back at depth.
 struct Cache {
-    values: Vec<f32>,
+    values: Vec<f16>,
     batch: usize,
     heads: usize,
     dim: usize,
@@ -567,7 +571,7 @@ impl Cache {
                 i % self.heads,
             );
             let at = ((b * self.heads + h) * self.capacity + self.len + s) * dim;
-            self.values[at..at + dim].copy_from_slice(values);
+            self.values[at..at + dim].convert_from_f32_slice(values);
         }
         self.len += seq_len;
         Ok(())
@@ -576,7 +580,7 @@ impl Cache {
     /// Room for `capacity` positions, the held ones kept.
     fn grow(&mut self, capacity: usize) {
         let rows = self.batch * self.heads;
-        let mut values = vec![0f32; rows * capacity * self.dim];
+        let mut values = vec![f16::ZERO; rows * capacity * self.dim];
         let held = self.len * self.dim;
         if held > 0 {
             for (new, old) in values
@@ -600,33 +604,34 @@ impl Cache {
         }
     }
 
-    /// The held positions as a (batch, heads, positions, dim) tensor, for candle's matmuls.
+    /// The held positions as a (batch, heads, positions, dim) f32 tensor, for candle's
+    /// matmuls.
     fn tensor(&self) -> Result<Tensor> {
         let all = Tensor::from_slice(
             &self.values,
             (self.batch, self.heads, self.capacity, self.dim),
             &Device::Cpu,
         )?;
-        all.narrow(2, 0, self.len)?.contiguous()
+        all.narrow(2, 0, self.len)?.to_dtype(DType::F32)
     }
 }
 
 /// Keys or values read through their strides (the cache holds room for later positions),
 /// dim contiguous.
 struct Strided<'a> {
-    values: &'a [f32],
+    values: &'a [f16],
     strides: [usize; 3],
 }
 
 impl Strided<'_> {
     fn get(&self, batch: usize, head: usize, position: usize, i: usize) -> f32 {
         let [s0, s1, s2] = self.strides;
-        self.values[batch * s0 + head * s1 + position * s2 + i]
+        self.values[batch * s0 + head * s1 + position * s2 + i].to_f32()
     }
 
     /// The rows at (batch, head, `positions`), one after another (a position's row is the
     /// cache's whole dim, so they lie side by side).
-    fn rows(&self, batch: usize, head: usize, positions: std::ops::Range<usize>) -> &[f32] {
+    fn rows(&self, batch: usize, head: usize, positions: std::ops::Range<usize>) -> &[f16] {
         let [s0, s1, s2] = self.strides;
         &self.values[batch * s0 + head * s1 + positions.start * s2..][..positions.len() * s2]
     }
@@ -871,7 +876,7 @@ impl Inputs<'_> {
             let mut scores = vec![0f32; group * keys];
             let key_rows = self.keys_at.rows(batch, kv, first..last + 1);
             for (g, scores) in scores.chunks_exact_mut(keys).enumerate() {
-                dot_f32_rows(kernel, query(g), key_rows, scores);
+                dot_half_rows(kernel, query(g), key_rows, scores);
             }
             let mut weights = vec![0f32; scores.len()];
             for (scores, weights) in scores
@@ -887,7 +892,7 @@ impl Inputs<'_> {
             let outputs =
                 unsafe { std::slice::from_raw_parts_mut((out as *mut f32).add(at), group * dim) };
             let value_rows = self.values_at.rows(batch, kv, first..last + 1);
-            weighted_sum_rows(&weights, value_rows, dim, outputs);
+            weighted_sum_rows(kernel, &weights, value_rows, dim, outputs);
         };
         candle_core::utils::barrier_pool().execute_chunked(self.b * kv_heads * seq_len, |items| {
             items.for_each(attend_query)
@@ -1064,7 +1069,9 @@ mod tests {
             }
             let ours: Vec<f32> = Tensor::cat(&outputs, 1)?.flatten_all()?.to_vec1()?;
             let flat = |x: &Tensor| x.flatten_all()?.to_vec1::<f32>();
-            let (q, k, v) = (flat(&q)?, flat(&k)?, flat(&v)?);
+            // The cache holds keys and values as f16: the reference takes them so rounded.
+            let as_cached = |x: &Tensor| x.to_dtype(DType::F16)?.to_dtype(DType::F32);
+            let (q, k, v) = (flat(&q)?, flat(&as_cached(&k)?)?, flat(&as_cached(&v)?)?);
             let expected = reference((&q, &k, &v), (heads, kv_heads, dim), positions, window);
             let worst = ours
                 .iter()

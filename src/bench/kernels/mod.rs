@@ -1123,46 +1123,94 @@ impl Repacked for Tiles {
     }
 }
 
-/// `a` · each row of `rows` (rows of `a.len()` values) into `out`, with `kernel`'s vectors:
-/// a query head's scores against its keys, one call for all of them instead of one per key.
-pub fn dot_f32_rows(kernel: Kernel, a: &[f32], rows: &[f32], out: &mut [f32]) {
+/// `a` · each row of `rows` (f16 rows of `a.len()` values, as the KV cache holds them) into
+/// `out`, with `kernel`'s vectors: a query head's scores against its keys, one call for all
+/// of them instead of one per key.
+pub fn dot_half_rows(kernel: Kernel, a: &[f32], rows: &[f16], out: &mut [f32]) {
     match kernel.or_portable() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `or_portable` keeps only kernels this CPU has.
-        Kernel::Avx512Vnni => unsafe { x86::dot_rows_avx512(a, rows, out) },
+        Kernel::Avx512Vnni => unsafe { x86::dot_half_rows_avx512(a, rows, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx2 => unsafe { x86::dot_rows_avx2(a, rows, out) },
+        Kernel::Avx2 => unsafe { x86::dot_half_rows_avx2(a, rows, out) },
         _ => {
             for (o, row) in out.iter_mut().zip(rows.chunks_exact(a.len().max(1))) {
-                *o = dot_f32_portable(a, row);
+                *o = dot_half_portable(a, row);
             }
         }
     }
 }
 
 /// out[h] = Σₜ weights[h][t] · rows[t] for each head h: a group of query heads' attention
-/// weights (heads × keys) over their value rows (keys × dim, side by side), into heads ×
-/// dim values. Up to 4 heads × 32 values are summed in registers while the value rows pass
-/// once; adding each key's share into the outputs in memory had been a load and a store per
-/// multiply-add (3.5% of a long TinyLlama generation's samples). The sums run over the keys
-/// in order, as that loop's did. Shapes that do not fit together leave `out` zeroed.
-pub fn weighted_sum_rows(weights: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+/// weights (heads × keys) over their value rows (keys × dim f16 values, side by side), into
+/// heads × dim values. Up to 4 heads × 32 values are summed in registers while the value
+/// rows pass once; adding each key's share into the outputs in memory had been a load and a
+/// store per multiply-add (3.5% of a long TinyLlama generation's samples). The sums run over
+/// the keys in order, as that loop's did. Shapes that do not fit together leave `out` zeroed.
+pub fn weighted_sum_rows(
+    kernel: Kernel,
+    weights: &[f32],
+    rows: &[f16],
+    dim: usize,
+    out: &mut [f32],
+) {
     let heads = out.len() / dim.max(1);
     let keys = weights.len() / heads.max(1);
     if dim == 0 || keys == 0 || weights.len() != heads * keys || rows.len() < keys * dim {
         out.fill(0.0);
         return;
     }
+    match kernel.or_portable() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `or_portable` keeps only kernels this CPU has; the shapes are checked.
+        Kernel::Avx512Vnni => unsafe { x86::weighted_sum_rows_avx512(weights, rows, dim, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Kernel::Avx2 => unsafe { x86::weighted_sum_rows_avx2(weights, rows, dim, out) },
+        // SAFETY: the portable widening reads 32 values of a row that has them.
+        _ => unsafe { weighted_head_groups::<PortableWiden>(weights, rows, dim, out) },
+    }
+}
+
+/// 32 f16 values at a pointer, widened to f32: each kernel's own instructions, inlined into
+/// [`weighted_head_groups`] where that runs with the kernel's target features.
+pub(crate) trait Widen {
+    /// # Safety
+    /// `values` points at 32 readable f16 values, and the CPU has the kernel's features.
+    unsafe fn widen(values: *const f16) -> [f32; WEIGHTED_LANES];
+}
+
+struct PortableWiden;
+
+impl Widen for PortableWiden {
+    #[inline(always)]
+    unsafe fn widen(values: *const f16) -> [f32; WEIGHTED_LANES] {
+        std::array::from_fn(|i| (*values.add(i)).to_f32())
+    }
+}
+
+/// [`weighted_sum_rows`] for shapes it has checked, 4 heads at a time.
+///
+/// # Safety
+/// `W` must run on this CPU.
+#[inline(always)]
+pub(crate) unsafe fn weighted_head_groups<W: Widen>(
+    weights: &[f32],
+    rows: &[f16],
+    dim: usize,
+    out: &mut [f32],
+) {
+    let keys = weights.len() / (out.len() / dim);
     for (weights, out) in weights
         .chunks(WEIGHTED_HEADS * keys)
         .zip(out.chunks_mut(WEIGHTED_HEADS * dim))
     {
         match out.len() / dim {
-            4 => weighted_heads::<4>(weights, rows, dim, out),
-            3 => weighted_heads::<3>(weights, rows, dim, out),
-            2 => weighted_heads::<2>(weights, rows, dim, out),
-            _ => weighted_heads::<1>(weights, rows, dim, out),
+            4 => weighted_heads::<4, W>(weights, rows, dim, out),
+            3 => weighted_heads::<3, W>(weights, rows, dim, out),
+            2 => weighted_heads::<2, W>(weights, rows, dim, out),
+            _ => weighted_heads::<1, W>(weights, rows, dim, out),
         }
     }
 }
@@ -1171,7 +1219,13 @@ pub fn weighted_sum_rows(weights: &[f32], rows: &[f32], dim: usize, out: &mut [f
 const WEIGHTED_HEADS: usize = 4;
 const WEIGHTED_LANES: usize = 32;
 
-fn weighted_heads<const H: usize>(weights: &[f32], rows: &[f32], dim: usize, out: &mut [f32]) {
+#[inline(always)]
+unsafe fn weighted_heads<const H: usize, W: Widen>(
+    weights: &[f32],
+    rows: &[f16],
+    dim: usize,
+    out: &mut [f32],
+) {
     let keys = weights.len() / H;
     let weights: [&[f32]; H] = std::array::from_fn(|h| &weights[h * keys..][..keys]);
     let rows = &rows[..keys * dim];
@@ -1179,10 +1233,10 @@ fn weighted_heads<const H: usize>(weights: &[f32], rows: &[f32], dim: usize, out
     for at in (0..whole).step_by(WEIGHTED_LANES) {
         let mut sums = [[0f32; WEIGHTED_LANES]; H];
         for (t, row) in rows.chunks_exact(dim).enumerate() {
-            let values = &row[at..at + WEIGHTED_LANES];
+            let values = W::widen(row.as_ptr().add(at));
             for (sums, weights) in sums.iter_mut().zip(&weights) {
                 let weight = weights[t];
-                for (sum, &v) in sums.iter_mut().zip(values) {
+                for (sum, &v) in sums.iter_mut().zip(&values) {
                     *sum += weight * v;
                 }
             }
@@ -1196,25 +1250,29 @@ fn weighted_heads<const H: usize>(weights: &[f32], rows: &[f32], dim: usize, out
         out.fill(0.0);
         for (row, &weight) in rows.chunks_exact(dim).zip(weights.iter()) {
             for (o, &v) in out.iter_mut().zip(&row[whole..]) {
-                *o += weight * v;
+                *o += weight * v.to_f32();
             }
         }
     }
 }
 
-/// Σ a·b in 8 running sums, which the compiler can keep in vector lanes (one sum cannot be
-/// reordered, so it stays scalar).
-fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
+/// Σ a·b over an f16 row in 8 running sums, which the compiler can keep in vector lanes (one
+/// sum cannot be reordered, so it stays scalar).
+fn dot_half_portable(a: &[f32], b: &[f16]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut sums = [0f32; 8];
     for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
         for ((sum, a), b) in sums.iter_mut().zip(a).zip(b) {
-            *sum += a * b;
+            *sum += a * b.to_f32();
         }
     }
     let whole = n / 8 * 8;
-    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(a, b)| a * b).sum();
+    let tail: f32 = a[whole..]
+        .iter()
+        .zip(&b[whole..])
+        .map(|(a, b)| a * b.to_f32())
+        .sum();
     sums.iter().sum::<f32>() + tail
 }
 
@@ -1573,17 +1631,23 @@ mod tests {
     use std::borrow::Cow;
     use std::sync::Arc;
 
+    /// `n` random values, rounded to f16 as the KV cache holds them.
+    fn random_halves(n: usize) -> Result<Vec<f16>> {
+        let values: Vec<f32> = Tensor::randn(0f32, 1.0, (n,), &Device::Cpu)?.to_vec1()?;
+        Ok(values.into_iter().map(f16::from_f32).collect())
+    }
+
     #[test]
     fn dot_products_match_a_double_sum_for_every_kernel_and_length() -> Result<()> {
-        let values: Vec<f32> = Tensor::randn(0f32, 1.0, (3 * 71,), &Device::Cpu)?.to_vec1()?;
-        let (a, rows) = values.split_at(71);
+        let a: Vec<f32> = Tensor::randn(0f32, 1.0, (71,), &Device::Cpu)?.to_vec1()?;
+        let rows = random_halves(2 * 71)?;
         for kernel in Kernel::available() {
             // Two rows of n values each: the vector loops' tails run too.
             for n in [1, 5, 8, 16, 64, 71] {
                 let mut out = [f32::NAN; 2];
-                dot_f32_rows(kernel, &a[..n], &rows[..2 * n], &mut out);
+                dot_half_rows(kernel, &a[..n], &rows[..2 * n], &mut out);
                 for (row, ours) in rows.chunks_exact(n).zip(out) {
-                    let expected = a[..n].iter().zip(row).map(|(a, b)| *a as f64 * *b as f64);
+                    let expected = a[..n].iter().zip(row).map(|(a, b)| *a as f64 * b.to_f64());
                     assert_near_exact(ours, expected.sum(), format_args!("{kernel:?} n={n}"));
                 }
             }
@@ -1600,24 +1664,27 @@ mod tests {
     }
 
     #[test]
-    fn weighted_sums_match_a_double_sum_for_any_group_and_width() -> Result<()> {
+    fn weighted_sums_match_a_double_sum_for_every_kernel_group_and_width() -> Result<()> {
         let keys = 37;
         // 1-9 heads take every grouping of 4, 3, 2 and 1; widths 40 and 80 leave a tail
         // past the whole 32-value runs, and 16 has none of them.
-        for heads in 1..=9 {
-            for dim in [16, 40, 64, 80] {
-                let weights: Vec<f32> =
-                    Tensor::rand(0f32, 1.0, (heads * keys,), &Device::Cpu)?.to_vec1()?;
-                let rows: Vec<f32> =
-                    Tensor::randn(0f32, 1.0, (keys * dim,), &Device::Cpu)?.to_vec1()?;
-                let mut out = vec![f32::NAN; heads * dim];
-                weighted_sum_rows(&weights, &rows, dim, &mut out);
-                for (h, out) in out.chunks_exact(dim).enumerate() {
-                    for (i, &ours) in out.iter().enumerate() {
-                        let expected = (0..keys)
-                            .map(|t| weights[h * keys + t] as f64 * rows[t * dim + i] as f64);
-                        let what = format_args!("{heads} heads × {dim}, head {h} value {i}");
-                        assert_near_exact(ours, expected.sum(), what);
+        for kernel in Kernel::available() {
+            for heads in 1..=9 {
+                for dim in [16, 40, 64, 80] {
+                    let weights: Vec<f32> =
+                        Tensor::rand(0f32, 1.0, (heads * keys,), &Device::Cpu)?.to_vec1()?;
+                    let rows = random_halves(keys * dim)?;
+                    let mut out = vec![f32::NAN; heads * dim];
+                    weighted_sum_rows(kernel, &weights, &rows, dim, &mut out);
+                    for (h, out) in out.chunks_exact(dim).enumerate() {
+                        for (i, &ours) in out.iter().enumerate() {
+                            let expected = (0..keys)
+                                .map(|t| weights[h * keys + t] as f64 * rows[t * dim + i].to_f64());
+                            let what = format_args!(
+                                "{kernel:?}, {heads} heads × {dim}, head {h} value {i}"
+                            );
+                            assert_near_exact(ours, expected.sum(), what);
+                        }
                     }
                 }
             }

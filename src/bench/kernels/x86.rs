@@ -1,7 +1,10 @@
 //! The tile kernels for x86: AVX-512 VNNI (`dpbusd`: 4 unsigned × signed byte products
 //! summed into each 32-bit lane) and AVX2 (`maddubs` then `madd`, the same sums in two steps).
 
-use super::{Activations, ActivationsK, Format, Tiles, BLOCK, GROUPS, TILE};
+use super::{
+    weighted_head_groups, Activations, ActivationsK, Format, Tiles, Widen, BLOCK, GROUPS, TILE,
+};
+use half::f16;
 use std::arch::x86_64::*;
 
 pub fn avx2() -> bool {
@@ -23,51 +26,77 @@ pub fn avx512_vnni() -> bool {
     })
 }
 
-/// Σ a·b over their common length with AVX-512.
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = _mm512_setzero_ps();
-    for i in (0..n / 16).map(|i| 16 * i) {
-        let (x, y) = (a.as_ptr().add(i), b.as_ptr().add(i));
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(y), acc);
-    }
-    let done = n / 16 * 16;
-    _mm512_reduce_add_ps(acc) + super::dot_f32_portable(&a[done..n], &b[done..n])
-}
-
-/// Σ a·b over their common length with AVX2.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = _mm256_setzero_ps();
-    for i in (0..n / 8).map(|i| 8 * i) {
-        let (x, y) = (a.as_ptr().add(i), b.as_ptr().add(i));
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(y), acc);
-    }
-    let halves = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-    let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-    let sum = _mm_add_ss(pairs, _mm_movehdup_ps(pairs));
-    let done = n / 8 * 8;
-    _mm_cvtss_f32(sum) + super::dot_f32_portable(&a[done..n], &b[done..n])
-}
-
-/// [`super::dot_f32_rows`] with AVX-512: each row's dot inlined.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn dot_rows_avx512(a: &[f32], rows: &[f32], out: &mut [f32]) {
-    for (o, row) in out.iter_mut().zip(rows.chunks_exact(a.len().max(1))) {
-        *o = dot_f32_avx512(a, row);
+/// [`super::dot_half_rows`] with AVX-512: 16 keys' values widened a step.
+#[target_feature(enable = "avx512f,f16c,fma")]
+pub unsafe fn dot_half_rows_avx512(a: &[f32], rows: &[f16], out: &mut [f32]) {
+    let n = a.len();
+    let whole = n / 16 * 16;
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(n.max(1))) {
+        let mut acc = _mm512_setzero_ps();
+        for i in (0..whole).step_by(16) {
+            let keys = _mm512_cvtph_ps(_mm256_loadu_si256(row.as_ptr().add(i) as *const __m256i));
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), keys, acc);
+        }
+        *o = _mm512_reduce_add_ps(acc) + super::dot_half_portable(&a[whole..], &row[whole..]);
     }
 }
 
-/// [`super::dot_f32_rows`] with AVX2: each row's dot inlined.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_rows_avx2(a: &[f32], rows: &[f32], out: &mut [f32]) {
-    for (o, row) in out.iter_mut().zip(rows.chunks_exact(a.len().max(1))) {
-        *o = dot_f32_avx2(a, row);
+/// [`super::dot_half_rows`] with AVX2: 8 keys' values widened a step.
+#[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn dot_half_rows_avx2(a: &[f32], rows: &[f16], out: &mut [f32]) {
+    let n = a.len();
+    let whole = n / 8 * 8;
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(n.max(1))) {
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..whole).step_by(8) {
+            let keys = _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(i) as *const __m128i));
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), keys, acc);
+        }
+        let halves = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+        let sum = _mm_add_ss(pairs, _mm_movehdup_ps(pairs));
+        *o = _mm_cvtss_f32(sum) + super::dot_half_portable(&a[whole..], &row[whole..]);
     }
+}
+
+struct Avx512Widen;
+
+impl Widen for Avx512Widen {
+    #[inline(always)]
+    unsafe fn widen(values: *const f16) -> [f32; 32] {
+        let mut out = [0f32; 32];
+        for half in 0..2 {
+            let wide = _mm512_cvtph_ps(_mm256_loadu_si256(values.add(16 * half) as *const _));
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * half), wide);
+        }
+        out
+    }
+}
+
+struct Avx2Widen;
+
+impl Widen for Avx2Widen {
+    #[inline(always)]
+    unsafe fn widen(values: *const f16) -> [f32; 32] {
+        let mut out = [0f32; 32];
+        for quarter in 0..4 {
+            let wide = _mm256_cvtph_ps(_mm_loadu_si128(values.add(8 * quarter) as *const _));
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * quarter), wide);
+        }
+        out
+    }
+}
+
+/// [`super::weighted_sum_rows`] compiled for AVX-512, for shapes it has checked.
+#[target_feature(enable = "avx512f,f16c,fma")]
+pub unsafe fn weighted_sum_rows_avx512(weights: &[f32], rows: &[f16], dim: usize, out: &mut [f32]) {
+    weighted_head_groups::<Avx512Widen>(weights, rows, dim, out)
+}
+
+/// [`super::weighted_sum_rows`] compiled for AVX2, for shapes it has checked.
+#[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn weighted_sum_rows_avx2(weights: &[f32], rows: &[f16], dim: usize, out: &mut [f32]) {
+    weighted_head_groups::<Avx2Widen>(weights, rows, dim, out)
 }
 
 /// How far ahead of the weights being read they are fetched into cache, by every kernel that
