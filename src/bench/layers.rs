@@ -3,11 +3,11 @@
 //! the run instead of the model's maximum context.
 
 use super::kernels::{
-    dot_half_rows, run_products, weighted_sum_rows, Format, HalfRows, InPlace, Kernel, Panel,
-    Repacked, RowProduct, SharedBytes, Tiles, PANEL_ROWS,
+    dot_half_rows, run_products, weighted_sum_rows, widen_half, Format, HalfRows, InPlace, Kernel,
+    Panel, Repacked, RowProduct, SharedBytes, Tiles, PANEL_ROWS,
 };
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{CpuStorage, DType, Device, Layout, Module, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Device, Layout, Module, Result, Storage, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::borrow::Cow;
@@ -607,12 +607,16 @@ impl Cache {
     /// The held positions as a (batch, heads, positions, dim) f32 tensor, for candle's
     /// matmuls.
     fn tensor(&self) -> Result<Tensor> {
-        let all = Tensor::from_slice(
-            &self.values,
-            (self.batch, self.heads, self.capacity, self.dim),
+        let (held, dim) = (self.len * self.dim, self.dim);
+        let mut values = Vec::with_capacity(self.batch * self.heads * held);
+        for row in self.values.chunks_exact(self.capacity * dim) {
+            values.extend(row[..held].iter().map(|&v| widen_half(v)));
+        }
+        Tensor::from_vec(
+            values,
+            (self.batch, self.heads, self.len, dim),
             &Device::Cpu,
-        )?;
-        all.narrow(2, 0, self.len)?.to_dtype(DType::F32)
+        )
     }
 }
 
@@ -626,7 +630,7 @@ struct Strided<'a> {
 impl Strided<'_> {
     fn get(&self, batch: usize, head: usize, position: usize, i: usize) -> f32 {
         let [s0, s1, s2] = self.strides;
-        self.values[batch * s0 + head * s1 + position * s2 + i].to_f32()
+        widen_half(self.values[batch * s0 + head * s1 + position * s2 + i])
     }
 
     /// The rows at (batch, head, `positions`), one after another (a position's row is the
@@ -998,7 +1002,7 @@ pub fn metadata<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// softmax(q·kᵀ/√d)·v one query and head at a time, for (positions, heads, dim) inputs.
     fn reference(

@@ -1186,8 +1186,38 @@ struct PortableWiden;
 impl Widen for PortableWiden {
     #[inline(always)]
     unsafe fn widen(values: *const f16) -> [f32; WEIGHTED_LANES] {
-        std::array::from_fn(|i| (*values.add(i)).to_f32())
+        std::array::from_fn(|i| widen_half(*values.add(i)))
     }
+}
+
+/// An f16 as f32: one hardware conversion where the build targets one (F16C, or Armv8.2's
+/// FP16, as half's `to_f32` then compiles to), otherwise [`widen_half_arithmetic`]. There,
+/// `to_f32` is a call that checks for them and falls back to branches (the Pi 3 and 4, and
+/// x86 builds for any CPU), which took generation at 1024 positions of context to 0.65× of
+/// the arithmetic (SmolLM2, `FITBENCH_KERNEL=portable`, an x86-64 build without F16C).
+#[inline(always)]
+pub fn widen_half(value: f16) -> f32 {
+    const HARDWARE: bool = cfg!(any(
+        all(target_arch = "x86_64", target_feature = "f16c"),
+        all(target_arch = "aarch64", target_feature = "fp16")
+    ));
+    if HARDWARE {
+        value.to_f32()
+    } else {
+        widen_half_arithmetic(value)
+    }
+}
+
+/// An f16 as f32, exactly, in integer and float arithmetic that a loop vectorizes: the
+/// exponent and mantissa shifted into an f32 and scaled by 2^112 land exactly, subnormals
+/// included; what overflows past 65536 was an infinity or a NaN, and keeps all its exponent
+/// bits.
+#[inline(always)]
+fn widen_half_arithmetic(value: f16) -> f32 {
+    let bits = u32::from(value.to_bits());
+    let scaled = f32::from_bits((bits & 0x7fff) << 13) * f32::from_bits((254 - 15) << 23);
+    let infinite_or_nan = if scaled >= 65536.0 { 0xff << 23 } else { 0 };
+    f32::from_bits(scaled.to_bits() | infinite_or_nan | (bits & 0x8000) << 16)
 }
 
 /// [`weighted_sum_rows`] for shapes it has checked, 4 heads at a time.
@@ -1250,7 +1280,7 @@ unsafe fn weighted_heads<const H: usize, W: Widen>(
         out.fill(0.0);
         for (row, &weight) in rows.chunks_exact(dim).zip(weights.iter()) {
             for (o, &v) in out.iter_mut().zip(&row[whole..]) {
-                *o += weight * v.to_f32();
+                *o += weight * widen_half(v);
             }
         }
     }
@@ -1264,14 +1294,14 @@ fn dot_half_portable(a: &[f32], b: &[f16]) -> f32 {
     let mut sums = [0f32; 8];
     for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
         for ((sum, a), b) in sums.iter_mut().zip(a).zip(b) {
-            *sum += a * b.to_f32();
+            *sum += a * widen_half(*b);
         }
     }
     let whole = n / 8 * 8;
     let tail: f32 = a[whole..]
         .iter()
         .zip(&b[whole..])
-        .map(|(a, b)| a * b.to_f32())
+        .map(|(a, b)| a * widen_half(*b))
         .sum();
     sums.iter().sum::<f32>() + tail
 }
@@ -1630,6 +1660,23 @@ mod tests {
     use candle_core::{Device, Tensor};
     use std::borrow::Cow;
     use std::sync::Arc;
+
+    #[test]
+    fn every_half_widens_as_the_half_crate_widens_it() {
+        for bits in 0..=u16::MAX {
+            let half = f16::from_bits(bits);
+            let (ours, theirs) = (widen_half_arithmetic(half), half.to_f32());
+            if theirs.is_nan() {
+                assert!(ours.is_nan(), "{bits:#06x}: {ours}");
+            } else {
+                assert_eq!(
+                    ours.to_bits(),
+                    theirs.to_bits(),
+                    "{bits:#06x}: {ours} against {theirs}"
+                );
+            }
+        }
+    }
 
     /// `n` random values, rounded to f16 as the KV cache holds them.
     fn random_halves(n: usize) -> Result<Vec<f16>> {
