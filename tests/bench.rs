@@ -434,6 +434,20 @@ fn gguf(path: &Path) -> anyhow::Result<(gguf_file::Content, std::fs::File)> {
     Ok((content, file))
 }
 
+/// candle-transformers' `quantized_llama` on a llama GGUF: the reference for fitbench's llama.
+fn candles_llama(
+    path: &Path,
+) -> anyhow::Result<candle_transformers::models::quantized_llama::ModelWeights> {
+    let (content, mut file) = gguf(path)?;
+    Ok(
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+            content,
+            &mut file,
+            &Device::Cpu,
+        )?,
+    )
+}
+
 /// At least 15 of 16 greedy picks agree (or tie), and no logit is 2 or more apart.
 fn assert_agree((agree, worst): (usize, f32)) {
     assert!(agree >= 15, "{agree} of 16 greedy tokens agree");
@@ -555,12 +569,10 @@ fn the_lean_llama_agrees_with_candles_reference() -> anyhow::Result<()> {
 
 /// fitbench's llama and candle's on a SmolLM2 file, teacher-forced on a fixed prompt.
 fn smollm2_agrees_with_candle(path: &Path) -> anyhow::Result<()> {
-    use candle_transformers::models::quantized_llama;
     let (content, file) = gguf(path)?;
     let tensors = fitbench::bench::layers::Tensors::map(&file, content)?;
     let mut ours = fitbench::bench::llama::Llama::from_gguf(&tensors, 64)?;
-    let (content, mut file) = gguf(path)?;
-    let mut reference = quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?;
+    let mut reference = candles_llama(path)?;
     // Ordinary tokens from SmolLM2's vocabulary, 20 of them: prompts of 16 rows and more
     // take other kernels than short ones (F16's AVX-512 panels).
     assert_agree(teacher_forced(
@@ -612,7 +624,6 @@ fn the_lean_llama_on_f16_weights_agrees_with_candles_reference() -> anyhow::Resu
 /// short last chunks, which take the few-row kernels; chunks of 1 are generation's steps.
 #[test]
 fn a_prompt_in_micro_batches_agrees_with_the_reference() -> anyhow::Result<()> {
-    use candle_transformers::models::quantized_llama;
     use fitbench::bench::model::Model;
     let cases = [
         (SMOLLM2, [504, 3575, 282, 4649, 314].repeat(8)),
@@ -628,9 +639,7 @@ fn a_prompt_in_micro_batches_agrees_with_the_reference() -> anyhow::Result<()> {
         let reference = if file == GEMMA3 {
             gemma3_in_f32(&path, 64)?.forward(&ids, 0)?
         } else {
-            let (content, mut file) = gguf(&path)?;
-            quantized_llama::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)?
-                .forward(&ids, 0)?
+            candles_llama(&path)?.forward(&ids, 0)?
         }
         .flatten_all()?;
         let best = reference.argmax(0)?.to_scalar::<u32>()?;
