@@ -5,6 +5,7 @@
 //!     cargo bench --bench kernels -- streaming # only the streaming table
 //!     cargo bench --bench kernels -- ceiling   # only the in-cache table
 //!     cargo bench --bench kernels -- attention # only attention's weighted sum
+//!     cargo bench --bench kernels -- gating    # only the feed-forward gate
 //!     cargo bench --bench kernels -- streaming Q4_1 Q5K  # only these formats
 //!
 //! Prints the median of 20 runs for each, and the ratio, for every SIMD kernel this CPU has
@@ -20,6 +21,7 @@ use candle_core::{Device, Module, Tensor};
 use fitbench::bench::kernels::{
     weighted_sum_rows, Format, HalfRows, InPlace, Kernel, Repacked, Tiles,
 };
+use fitbench::bench::ops::{gated_times, Gate};
 use half::f16;
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,6 +96,10 @@ fn main() -> candle_core::Result<()> {
         attention();
         return Ok(());
     }
+    if args.iter().any(|a| a == "gating") {
+        gating();
+        return Ok(());
+    }
     let kernels: Vec<Kernel> = Kernel::available()
         .into_iter()
         .filter(|&k| k != Kernel::Portable)
@@ -160,6 +166,38 @@ fn attention() {
             key_at_a_time * 1e6,
             ours * 1e6,
             key_at_a_time / ours
+        );
+    }
+}
+
+/// The feed-forward gate (`ops::gated_times`) on one token, against the same sums with the
+/// library's `f32::exp`: work the main thread does alone between two matmuls.
+fn gating() {
+    println!("| gate | values | f32::exp | fitbench | ratio |");
+    println!("|---|---|---|---|---|");
+    for (gate, values) in [(Gate::Silu, 5632), (Gate::GeluTanh, 2048)] {
+        let gates: Vec<f32> = (0..values).map(|i| (i % 97) as f32 * 0.1 - 4.8).collect();
+        let ups: Vec<f32> = (0..values).map(|i| (i % 13) as f32 * 0.1).collect();
+        let mut out = vec![0f32; values];
+        let library = median_seconds(|| {
+            for ((o, &g), &u) in out.iter_mut().zip(&gates).zip(&ups) {
+                let z = match gate {
+                    Gate::Silu => g,
+                    Gate::GeluTanh => 2.0 * 0.797_884_6 * g * (1.0 + 0.044_715 * g * g),
+                };
+                *o = g / (1.0 + (-z).exp()) * u;
+            }
+            std::hint::black_box(&out);
+        });
+        let ours = median_seconds(|| {
+            gated_times(gate, &gates, &ups, &mut out);
+            std::hint::black_box(&out);
+        });
+        println!(
+            "| {gate:?} | {values} | {:.2} µs | {:.2} µs | {:.2} |",
+            library * 1e6,
+            ours * 1e6,
+            library / ours
         );
     }
 }
