@@ -6,6 +6,7 @@
 //!     cargo bench --bench kernels -- ceiling   # only the in-cache table
 //!     cargo bench --bench kernels -- attention # only attention's weighted sum
 //!     cargo bench --bench kernels -- gating    # only the feed-forward gate
+//!     cargo bench --bench kernels -- portable  # the portable kernel against candle
 //!     cargo bench --bench kernels -- streaming Q4_1 Q5K  # only these formats
 //!
 //! Prints the median of 20 runs for each, and the ratio, for every SIMD kernel this CPU has
@@ -100,9 +101,11 @@ fn main() -> candle_core::Result<()> {
         gating();
         return Ok(());
     }
+    // The portable kernel alone on request: what a CPU without x86 SIMD (a Pi) runs.
+    let portable = args.iter().any(|a| a == "portable");
     let kernels: Vec<Kernel> = Kernel::available()
         .into_iter()
-        .filter(|&k| k != Kernel::Portable)
+        .filter(|&k| (k == Kernel::Portable) == portable)
         .collect();
     println!("| format | m | kernel | candle | fitbench | candle / fitbench |");
     println!("|---|---|---|---|---|---|");
@@ -129,6 +132,9 @@ fn main() -> candle_core::Result<()> {
                 );
             }
         }
+    }
+    if portable {
+        return Ok(());
     }
     streaming(&formats, n, k)?;
     ceiling(&formats, k)

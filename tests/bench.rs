@@ -325,6 +325,40 @@ fn the_kernel_cap_is_recorded_and_a_bad_one_refused() {
     }
 }
 
+/// Capped to the portable kernels (`FITBENCH_KERNEL=portable`, what a Pi runs), SmolLM2's
+/// Q4_1 prompt and generation run on fitbench's portable loops (candle has no SIMD for
+/// Q4_1 on any CPU) and still answer the sample prompt, with no AVX recorded.
+#[test]
+fn the_portable_kernels_run_a_real_model_and_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("portable.csv");
+    let model = test_model(SMOLLM2);
+    let args = [
+        "--gguf",
+        model.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--warmup",
+        "0",
+        "--sample",
+        "-o",
+        csv.to_str().unwrap(),
+    ];
+    let output = bench_with(&args, ("FITBENCH_KERNEL", "portable"));
+    let sample = sample_line(&output);
+    assert!(sample.contains("Paris"), "{sample}");
+    let rows = results::read(&csv).unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        assert!(row.avg_ts > 0.0, "{}", row.test);
+        assert!(!row.cpu_simd.contains("avx"), "{}", row.cpu_simd);
+    }
+}
+
 /// A minimal GGUF of an architecture fitbench cannot run.
 fn write_unsupported_gguf(path: &Path) {
     let mut bytes = b"GGUF".to_vec();

@@ -150,11 +150,13 @@ impl Tensors {
             return Ok(None);
         };
         let tiles: Arc<dyn Repacked> = match Format::of(info.ggml_dtype) {
-            Some(format) if InPlace::takes(format) && Tiles::fit(format, rows, k) && ours() => {
+            Some(format)
+                if InPlace::takes(format) && Tiles::fit(format, rows, k) && ours(format) =>
+            {
                 let (map, offset) = self.mapped(bytes);
                 Arc::new(InPlace::new(format, map, offset, rows, k)?)
             }
-            Some(format) if Tiles::fit(format, rows, k) && ours() => {
+            Some(format) if Tiles::fit(format, rows, k) && ours(format) => {
                 Arc::new(Tiles::new_releasing(format, bytes, rows, k, &|done| {
                     self.release(done)
                 })?)
@@ -213,19 +215,20 @@ impl Tensors {
     }
 }
 
-/// Whether fitbench's kernels run the quantized formats here. Without x86 SIMD (a Pi),
-/// candle's kernels run them all: candle has NEON paths for Q4_0, Q8_0 and the K formats,
-/// and its plain loops ran a TinyLlama's Q4_1 and Q5_0 5-9× faster here than fitbench's
-/// portable kernels, which stay the reference its SIMD kernels are tested against.
-fn ours() -> bool {
+/// Whether fitbench's kernels run `format` here. Without x86 SIMD (a Pi), candle's kernels
+/// run the formats it has NEON paths for (Q4_0, Q8_0 and the K formats); its Q4_1, Q5_0 and
+/// Q5_1 are plain loops on every CPU, which fitbench's portable kernels beat 1.7-2.5× on an
+/// x86-64 build for any CPU (`cargo bench --bench kernels -- portable`).
+fn ours(format: Format) -> bool {
     Kernel::best() != Kernel::Portable
+        || matches!(format, Format::Q4_1 | Format::Q5_0 | Format::Q5_1)
 }
 
 /// Types whose matrices the kernels use where they lie in the mapped file, as llama.cpp
 /// does (repacking them cost up to 20 times its load): f16, Q4_1, Q5_0, Q5_1, Q8_0, Q5_K and
 /// Q6_K.
 fn used_in_place(dtype: GgmlDType) -> bool {
-    dtype == GgmlDType::F16 || Format::of(dtype).is_some_and(|f| InPlace::takes(f) && ours())
+    dtype == GgmlDType::F16 || Format::of(dtype).is_some_and(|f| InPlace::takes(f) && ours(f))
 }
 
 /// A quantized weight matrix (out × in) applied to the last dimension of its input.

@@ -4,7 +4,7 @@
 //! positions of 4 rows once (F16C) and multiplies them with up to 4 activation rows.
 
 use super::panel::{Panel, PANEL_ROWS};
-use super::{check_input, in_chunks, Kernel, Repacked, RowProduct};
+use super::{check_input, in_chunks, widen_half, Kernel, Repacked, RowProduct};
 use candle_core::Result;
 use half::f16;
 use std::sync::Arc;
@@ -82,7 +82,6 @@ impl HalfRows {
     /// with nothing to convert or reduce per step (the 4 × 4 dot products of
     /// [`HalfRows::rows_pass`] convert 4 registers and load 4 per 16 multiply-adds, and sum
     /// each result across lanes at the end).
-    #[cfg(target_arch = "x86_64")]
     fn panels(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let (n, k) = (self.rows, self.k);
         let columns: Vec<&[f32]> = x.chunks_exact(k).collect();
@@ -116,21 +115,45 @@ impl HalfRows {
     }
 }
 
-/// Eight running sums per pair of rows, which vectorize.
+/// Each row's 16 values at a time widened once (with no call per value where the CPU has no
+/// conversion instruction) and multiplied into 16 running sums per activation row, which
+/// the compiler keeps in vector lanes.
 fn portable_rows<const C: usize>(w: [&[u8]; ROWS], x: [&[f32]; C]) -> [[f32; ROWS]; C] {
+    const LANES: usize = 16;
+    let k = x.iter().map(|x| x.len()).min().unwrap_or(0);
+    let whole = k / LANES * LANES;
     let mut out = [[0f32; ROWS]; C];
     for (r, w) in w.iter().enumerate() {
-        for (c, x) in x.iter().enumerate() {
-            let mut lanes = [0f32; 8];
-            for (w, x) in w.chunks(16).zip(x.chunks(8)) {
-                for ((lane, pair), x) in lanes.iter_mut().zip(w.chunks_exact(2)).zip(x) {
-                    *lane += f16::from_le_bytes([pair[0], pair[1]]).to_f32() * x;
+        let mut lanes = [[0f32; LANES]; C];
+        for at in (0..whole).step_by(LANES) {
+            let values = widen_lanes::<LANES>(&w[2 * at..2 * (at + LANES)]);
+            for (lanes, x) in lanes.iter_mut().zip(x) {
+                for ((lane, v), x) in lanes.iter_mut().zip(values).zip(&x[at..at + LANES]) {
+                    *lane += v * x;
                 }
             }
-            out[c][r] = lanes.iter().sum();
+        }
+        for (c, x) in x.iter().enumerate() {
+            let tail: f32 = (whole..k).map(|i| half_at(w, i) * x[i]).sum();
+            out[c][r] = lanes[c].iter().sum::<f32>() + tail;
         }
     }
     out
+}
+
+/// The f16 value at `i` of little-endian bytes, as f32.
+#[inline(always)]
+fn half_at(bytes: &[u8], i: usize) -> f32 {
+    widen_half(f16::from_bits(u16::from_le_bytes([
+        bytes[2 * i],
+        bytes[2 * i + 1],
+    ])))
+}
+
+/// N little-endian f16 values (2N bytes) as f32.
+#[inline(always)]
+fn widen_lanes<const N: usize>(bytes: &[u8]) -> [f32; N] {
+    std::array::from_fn(|i| half_at(bytes, i))
 }
 
 impl Repacked for HalfRows {
@@ -153,8 +176,7 @@ impl Repacked for HalfRows {
     fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize) -> Result<Vec<f32>> {
         check_input(x, m, self.k)?;
         let kernel = kernel.or_portable();
-        #[cfg(target_arch = "x86_64")]
-        if kernel != Kernel::Portable && m >= PANELS_FROM {
+        if m >= PANELS_FROM {
             return self.panels(kernel, x, m);
         }
         if m == 1 {

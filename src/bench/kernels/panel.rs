@@ -4,7 +4,7 @@
 //! product with nothing to convert or reduce in the loop: 24 multiply-adds per 2 loads and
 //! 12 broadcasts with AVX-512. F16 prompts and prompt attention run on it.
 
-use super::Kernel;
+use super::{widen_half, Kernel};
 use candle_core::Result;
 use half::f16;
 
@@ -52,7 +52,8 @@ impl Panel {
         let _ = kernel;
         for (r, row) in rows.iter().enumerate() {
             for (i, pair) in row.chunks_exact(2).take(self.k).enumerate() {
-                self.values[i * PANEL_ROWS + r] = f16::from_le_bytes([pair[0], pair[1]]).to_f32();
+                self.values[i * PANEL_ROWS + r] =
+                    widen_half(f16::from_le_bytes([pair[0], pair[1]]));
             }
         }
         Ok(())
@@ -99,18 +100,42 @@ impl Panel {
                 x86::panel_pass_avx2(&self.values, columns, out, stride, self.rows)
             }
             _ => {
-                for (c, column) in columns.iter().enumerate() {
-                    let mut sums = [0f32; PANEL_ROWS];
-                    for (position, &x) in self.values.chunks_exact(PANEL_ROWS).zip(*column) {
-                        for (sum, &w) in sums.iter_mut().zip(position) {
-                            *sum += w * x;
-                        }
+                let mut pairs = columns.chunks_exact(2);
+                for (p, pair) in pairs.by_ref().enumerate() {
+                    let sums = self.portable_pass([pair[0], pair[1]]);
+                    for (c, sums) in sums.iter().enumerate() {
+                        std::ptr::copy_nonoverlapping(
+                            sums.as_ptr(),
+                            out.add((2 * p + c) * stride),
+                            self.rows,
+                        );
                     }
+                }
+                if let [last] = pairs.remainder() {
+                    let [sums] = self.portable_pass([*last]);
+                    let c = columns.len() - 1;
                     std::ptr::copy_nonoverlapping(sums.as_ptr(), out.add(c * stride), self.rows);
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl Panel {
+    /// C columns against every row of the panel, 32 running sums each, which the compiler
+    /// keeps in vector registers: each position's values load once for the C columns.
+    fn portable_pass<const C: usize>(&self, columns: [&[f32]; C]) -> [[f32; PANEL_ROWS]; C] {
+        let mut sums = [[0f32; PANEL_ROWS]; C];
+        for (i, position) in self.values.chunks_exact(PANEL_ROWS).enumerate() {
+            for (sums, column) in sums.iter_mut().zip(columns) {
+                let x = column[i];
+                for (sum, &w) in sums.iter_mut().zip(position) {
+                    *sum += w * x;
+                }
+            }
+        }
+        sums
     }
 }
 
