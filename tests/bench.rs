@@ -333,20 +333,9 @@ fn the_portable_kernels_run_a_real_model_and_answer() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("portable.csv");
     let model = test_model(SMOLLM2);
+    let (model, out) = (model.to_str().unwrap(), csv.to_str().unwrap());
     let args = [
-        "--gguf",
-        model.to_str().unwrap(),
-        "-p",
-        "16",
-        "-n",
-        "4",
-        "-r",
-        "1",
-        "--warmup",
-        "0",
-        "--sample",
-        "-o",
-        csv.to_str().unwrap(),
+        "--gguf", model, "-p", "16", "-n", "4", "-r", "1", "--sample", "-o", out,
     ];
     let output = bench_with(&args, ("FITBENCH_KERNEL", "portable"));
     let sample = sample_line(&output);

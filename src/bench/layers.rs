@@ -217,7 +217,7 @@ impl Tensors {
 
 /// Whether fitbench's kernels run `format` here. Without x86 SIMD (a Pi), candle's kernels
 /// run the formats it has NEON paths for (Q4_0, Q8_0 and the K formats); its Q4_1, Q5_0 and
-/// Q5_1 are plain loops on every CPU, which fitbench's portable kernels beat 1.7-2.5× on an
+/// Q5_1 are plain loops on every CPU, which fitbench's portable kernels beat 2.5-3.2× on an
 /// x86-64 build for any CPU (`cargo bench --bench kernels -- portable`).
 fn ours(format: Format) -> bool {
     Kernel::best() != Kernel::Portable

@@ -120,9 +120,7 @@ impl Panel {
         }
         Ok(())
     }
-}
 
-impl Panel {
     /// C columns against every row of the panel, 32 running sums each, which the compiler
     /// keeps in vector registers: each position's values load once for the C columns.
     fn portable_pass<const C: usize>(&self, columns: [&[f32]; C]) -> [[f32; PANEL_ROWS]; C] {
