@@ -126,7 +126,9 @@ fn portable_rows<const C: usize>(w: [&[u8]; ROWS], x: [&[f32]; C]) -> [[f32; ROW
     for (r, w) in w.iter().enumerate() {
         let mut lanes = [[0f32; LANES]; C];
         for at in (0..whole).step_by(LANES) {
-            let values = widen_lanes::<LANES>(&w[2 * at..2 * (at + LANES)]);
+            // A slice of exactly the 16 values: indexing the whole row kept the bounds checks.
+            let bytes = &w[2 * at..2 * (at + LANES)];
+            let values: [f32; LANES] = std::array::from_fn(|i| value_at(bytes, i));
             for (lanes, x) in lanes.iter_mut().zip(x) {
                 for ((lane, v), x) in lanes.iter_mut().zip(values).zip(&x[at..at + LANES]) {
                     *lane += v * x;
@@ -134,7 +136,7 @@ fn portable_rows<const C: usize>(w: [&[u8]; ROWS], x: [&[f32]; C]) -> [[f32; ROW
             }
         }
         for (c, x) in x.iter().enumerate() {
-            let tail: f32 = (whole..k).map(|i| half_at(w, i) * x[i]).sum();
+            let tail: f32 = (whole..k).map(|i| value_at(w, i) * x[i]).sum();
             out[c][r] = lanes[c].iter().sum::<f32>() + tail;
         }
     }
@@ -143,17 +145,8 @@ fn portable_rows<const C: usize>(w: [&[u8]; ROWS], x: [&[f32]; C]) -> [[f32; ROW
 
 /// The f16 value at `i` of little-endian bytes, as f32.
 #[inline(always)]
-fn half_at(bytes: &[u8], i: usize) -> f32 {
-    widen_half(f16::from_bits(u16::from_le_bytes([
-        bytes[2 * i],
-        bytes[2 * i + 1],
-    ])))
-}
-
-/// N little-endian f16 values (2N bytes) as f32.
-#[inline(always)]
-fn widen_lanes<const N: usize>(bytes: &[u8]) -> [f32; N] {
-    std::array::from_fn(|i| half_at(bytes, i))
+fn value_at(bytes: &[u8], i: usize) -> f32 {
+    widen_half(f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]))
 }
 
 impl Repacked for HalfRows {
