@@ -17,7 +17,10 @@
 //! threads at this box's fast face each read all one thread can, so the streaming table
 //! with `CANDLE_NUM_THREADS=1` is the one that tells whether a kernel keeps up with memory.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::k_quants::{
+    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0,
+};
+use candle_core::quantized::{GgmlDType, GgmlType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use fitbench::bench::kernels::{
     weighted_sum_rows, Format, HalfRows, InPlace, Kernel, Repacked, Tiles,
@@ -39,16 +42,18 @@ const DTYPES: [GgmlDType; 9] = [
     GgmlDType::F16,
 ];
 
-/// The file bytes of an n × k matrix of `dtype`, held as the runner holds them: Q4_1, Q5_0,
-/// Q5_1, Q8_0, Q5_K, Q6_K and f16 where they lie, Q4_0 and Q4_K repacked into tiles.
+/// The file bytes of an n × k matrix of `dtype`, held as the runner holds them for `kernel`:
+/// Q4_1, Q5_0, Q5_1, Q8_0, Q5_K, Q6_K and f16 where they lie, Q4_K repacked into tiles, and
+/// Q4_0 into tiles for the SIMD kernels.
 fn ours(
     dtype: GgmlDType,
     bytes: Vec<u8>,
     n: usize,
     k: usize,
+    kernel: Kernel,
 ) -> candle_core::Result<Box<dyn Repacked>> {
     match (dtype, Format::of(dtype)) {
-        (_, Some(format)) if InPlace::takes(format) => {
+        (_, Some(format)) if InPlace::used_for(format, kernel) => {
             Ok(Box::new(InPlace::new(format, Arc::new(bytes), 0, n, k)?))
         }
         (_, Some(format)) => Ok(Box::new(Tiles::new(format, &bytes, n, k)?)),
@@ -56,9 +61,13 @@ fn ours(
     }
 }
 
-fn median_seconds(mut run: impl FnMut()) -> f64 {
+fn median_seconds(run: impl FnMut()) -> f64 {
+    median_of(20, run)
+}
+
+fn median_of(runs: usize, mut run: impl FnMut()) -> f64 {
     run();
-    let mut times: Vec<f64> = (0..20)
+    let mut times: Vec<f64> = (0..runs)
         .map(|_| {
             let start = Instant::now();
             run();
@@ -112,14 +121,26 @@ fn main() -> candle_core::Result<()> {
     for &dtype in &formats {
         let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let quantized = QTensor::quantize(&weights, dtype)?;
-        let tiles = ours(dtype, quantized.data()?.to_vec(), n, k)?;
+        let held_for = if portable {
+            Kernel::Portable
+        } else {
+            Kernel::best()
+        };
+        let tiles = ours(dtype, quantized.data()?.to_vec(), n, k, held_for)?;
         let candle = QMatMul::from_qtensor(quantized)?;
+        let weight_values: Vec<f32> = weights.flatten_all()?.to_vec1()?;
         for m in [1, 512] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
             let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-            let theirs = median_seconds(|| {
-                candle.forward(&x).map(drop).unwrap_or(());
-            });
+            let theirs = match portable.then(|| plain_loops(dtype, &weight_values, n)) {
+                // Seconds a run at m = 512: five runs are enough for its median.
+                Some(Some(product)) => median_of(if m == 1 { 20 } else { 5 }, || {
+                    std::hint::black_box(product(&values));
+                }),
+                _ => median_seconds(|| {
+                    candle.forward(&x).map(drop).unwrap_or(());
+                }),
+            };
             for &kernel in &kernels {
                 let ours = median_seconds(|| {
                     let _ = std::hint::black_box(tiles.matmul_with(kernel, &values, m));
@@ -138,6 +159,51 @@ fn main() -> candle_core::Result<()> {
     }
     streaming(&formats, n, k)?;
     ceiling(&formats, k)
+}
+
+/// A matmul through candle's plain loops for `dtype` (its `vec_dot_unopt`, each weight row
+/// against each activation row), which is what candle runs on a CPU without AVX2 or NEON:
+/// a 32-bit Raspberry Pi OS, an x86 box older than AVX2. On x86 candle picks AVX2 at run
+/// time, so its `forward` here would not show them. None for f16, which has no such loop.
+#[allow(clippy::type_complexity)]
+fn plain_loops(
+    dtype: GgmlDType,
+    weights: &[f32],
+    n: usize,
+) -> Option<Box<dyn Fn(&[f32]) -> Vec<f32>>> {
+    fn product<T: GgmlType + 'static>(
+        weights: &[f32],
+        n: usize,
+    ) -> Box<dyn Fn(&[f32]) -> Vec<f32>> {
+        let k = weights.len() / n;
+        let mut rows = vec![T::zeros(); weights.len() / T::BLCK_SIZE];
+        T::from_float(weights, &mut rows);
+        Box::new(move |x: &[f32]| {
+            let mut columns = vec![T::VecDotType::zeros(); x.len() / T::VecDotType::BLCK_SIZE];
+            T::VecDotType::from_float(x, &mut columns);
+            let per_row = k / T::BLCK_SIZE;
+            let per_column = k / T::VecDotType::BLCK_SIZE;
+            columns
+                .chunks_exact(per_column)
+                .flat_map(|column| {
+                    rows.chunks_exact(per_row)
+                        .map(|row| T::vec_dot_unopt(k, row, column))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+    }
+    Some(match dtype {
+        GgmlDType::Q4_0 => product::<BlockQ4_0>(weights, n),
+        GgmlDType::Q4_1 => product::<BlockQ4_1>(weights, n),
+        GgmlDType::Q5_0 => product::<BlockQ5_0>(weights, n),
+        GgmlDType::Q5_1 => product::<BlockQ5_1>(weights, n),
+        GgmlDType::Q8_0 => product::<BlockQ8_0>(weights, n),
+        GgmlDType::Q4K => product::<BlockQ4K>(weights, n),
+        GgmlDType::Q5K => product::<BlockQ5K>(weights, n),
+        GgmlDType::Q6K => product::<BlockQ6K>(weights, n),
+        _ => return None,
+    })
 }
 
 /// Generation's attention-weighted sum of the cache's f16 value rows, per group of query
@@ -236,7 +302,7 @@ fn streaming(formats: &[GgmlDType], n: usize, k: usize) -> candle_core::Result<(
         let bytes = random_matrix(dtype, n, k)?;
         let copies = STREAMED_BYTES.div_ceil(bytes.len());
         let matrices = (0..copies)
-            .map(|_| ours(dtype, bytes.clone(), n, k))
+            .map(|_| ours(dtype, bytes.clone(), n, k, Kernel::best()))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut rounds: Vec<(f64, f64)> = (0..5)
             .map(|_| {
@@ -284,7 +350,7 @@ fn ceiling(formats: &[GgmlDType], k: usize) -> candle_core::Result<()> {
     for &dtype in formats {
         let bytes = random_matrix(dtype, n, k)?;
         let size = bytes.len();
-        let tiles = ours(dtype, bytes, n, k)?;
+        let tiles = ours(dtype, bytes, n, k, Kernel::best())?;
         let roofline = read_bandwidth();
         let seconds = median_seconds(|| {
             for _ in 0..REPEATS {

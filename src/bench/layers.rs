@@ -150,9 +150,7 @@ impl Tensors {
             return Ok(None);
         };
         let tiles: Arc<dyn Repacked> = match Format::of(info.ggml_dtype) {
-            Some(format)
-                if InPlace::takes(format) && Tiles::fit(format, rows, k) && ours(format) =>
-            {
+            Some(format) if in_place(format) && Tiles::fit(format, rows, k) => {
                 let (map, offset) = self.mapped(bytes);
                 Arc::new(InPlace::new(format, map, offset, rows, k)?)
             }
@@ -215,20 +213,28 @@ impl Tensors {
     }
 }
 
-/// Whether fitbench's kernels run `format` here. Without x86 SIMD (a Pi), candle's kernels
-/// run the formats it has NEON paths for (Q4_0, Q8_0 and the K formats); its Q4_1, Q5_0 and
-/// Q5_1 are plain loops on every CPU, which fitbench's portable kernels beat 2.5-3.2× on an
-/// x86-64 build for any CPU (`cargo bench --bench kernels -- portable`).
+/// Whether fitbench's kernels run `format` here. Without x86 SIMD, candle's Q4_1, Q5_0 and
+/// Q5_1 are plain loops on every CPU, and its Q4_0 and Q8_0 are too where it has no NEON
+/// (an x86 box without AVX2, such as a Celeron J4125 or N5105): fitbench's portable kernels
+/// beat those 2.5-3.2× on an x86-64 build for any CPU (`cargo bench --bench kernels --
+/// portable`). Candle keeps the formats it has NEON paths for on a Pi (Q4_0, Q8_0 and the K
+/// formats), and the K formats everywhere without SIMD: its plain loops for them ran 1.2-2.4×
+/// as fast as the portable kernel.
 fn ours(format: Format) -> bool {
     Kernel::best() != Kernel::Portable
         || matches!(format, Format::Q4_1 | Format::Q5_0 | Format::Q5_1)
+        || (!cfg!(target_feature = "neon") && matches!(format, Format::Q4_0 | Format::Q8_0))
 }
 
-/// Types whose matrices the kernels use where they lie in the mapped file, as llama.cpp
-/// does (repacking them cost up to 20 times its load): f16, Q4_1, Q5_0, Q5_1, Q8_0, Q5_K and
-/// Q6_K.
+/// Whether the kernels use a matrix in `format` where it lies in the mapped file, as
+/// llama.cpp does (repacking cost up to 20 times its load).
+fn in_place(format: Format) -> bool {
+    InPlace::used_for(format, Kernel::best()) && ours(format)
+}
+
+/// Types whose matrices are used in place: f16, and the formats [`in_place`] takes.
 fn used_in_place(dtype: GgmlDType) -> bool {
-    dtype == GgmlDType::F16 || Format::of(dtype).is_some_and(|f| InPlace::takes(f) && ours(f))
+    dtype == GgmlDType::F16 || Format::of(dtype).is_some_and(in_place)
 }
 
 /// A quantized weight matrix (out × in) applied to the last dimension of its input.
