@@ -275,9 +275,14 @@ impl Tensors {
 /// formats), and the K formats everywhere without SIMD: its plain loops for them ran 1.2-2.4×
 /// as fast as the portable kernel.
 fn ours(format: Format) -> bool {
-    Kernel::best() != Kernel::Portable
+    ours_with(format, Kernel::best(), cfg!(target_feature = "neon"))
+}
+
+/// [`ours`] with fitbench's best kernel `best`, where candle has NEON or not.
+fn ours_with(format: Format, best: Kernel, candle_has_neon: bool) -> bool {
+    best != Kernel::Portable
         || matches!(format, Format::Q4_1 | Format::Q5_0 | Format::Q5_1)
-        || (!cfg!(target_feature = "neon") && matches!(format, Format::Q4_0 | Format::Q8_0))
+        || (!candle_has_neon && matches!(format, Format::Q4_0 | Format::Q8_0))
 }
 
 /// Whether the kernels use a matrix in `format` where it lies in the mapped file, as
@@ -1066,6 +1071,34 @@ pub fn metadata<'a>(
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn candle_keeps_only_what_it_runs_faster() {
+        use Format::*;
+        let simd = [Kernel::Avx2, Kernel::Avx512Vnni];
+        for format in Format::ALL {
+            // With x86 SIMD, fitbench's kernels run every format.
+            assert!(
+                simd.iter().all(|&k| ours_with(format, k, false)),
+                "{format:?}"
+            );
+            // On a Pi, candle's NEON paths keep Q4_0, Q8_0 and the K formats.
+            let neon = ours_with(format, Kernel::Portable, true);
+            assert_eq!(
+                neon,
+                matches!(format, Q4_1 | Q5_0 | Q5_1),
+                "{format:?} with NEON"
+            );
+            // Without any SIMD, only the K formats, whose plain loops beat the portable kernel.
+            let plain = ours_with(format, Kernel::Portable, false);
+            assert_eq!(plain, !format.is_k(), "{format:?} without SIMD");
+        }
+        // Q4_0 is tiles for the SIMD kernels and in place for the portable one; Q4_K is tiles.
+        assert!(InPlace::used_for(Q4_0, Kernel::Portable));
+        assert!(simd.iter().all(|&k| !InPlace::used_for(Q4_0, k)));
+        assert!(!InPlace::used_for(Q4K, Kernel::Portable));
+        assert!(InPlace::used_for(Q6K, Kernel::Avx512Vnni));
+    }
 
     /// softmax(q·kᵀ/√d)·v one query and head at a time, for (positions, heads, dim) inputs.
     fn reference(
