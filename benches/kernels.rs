@@ -162,9 +162,9 @@ fn main() -> candle_core::Result<()> {
 }
 
 /// A matmul through candle's plain loops for `dtype` (its `vec_dot_unopt`, each weight row
-/// against each activation row), which is what candle runs on a CPU without AVX2 or NEON:
-/// a 32-bit Raspberry Pi OS, an x86 box older than AVX2. On x86 candle picks AVX2 at run
-/// time, so its `forward` here would not show them. None for f16, which has no such loop.
+/// against each activation row), which is what candle runs on a CPU without AVX2 or NEON,
+/// such as an x86 box older than AVX2. On x86 candle picks AVX2 at run time, so its
+/// `forward` here would not show them. None for f16, which has no such loop.
 #[allow(clippy::type_complexity)]
 fn plain_loops(
     dtype: GgmlDType,

@@ -270,9 +270,9 @@ impl Tensors {
 /// Whether fitbench's kernels run `format` here. Without x86 SIMD, candle's Q4_1, Q5_0 and
 /// Q5_1 are plain loops on every CPU, and its Q4_0 and Q8_0 are too where it has no NEON
 /// (an x86 box without AVX2, such as a Celeron J4125 or N5105): fitbench's portable kernels
-/// beat those 2.5-3.2× on an x86-64 build for any CPU (`cargo bench --bench kernels --
+/// beat those 3.5-5.0× on an x86-64 build for any CPU (`cargo bench --bench kernels --
 /// portable`). Candle keeps the formats it has NEON paths for on a Pi (Q4_0, Q8_0 and the K
-/// formats), and the K formats everywhere without SIMD: its plain loops for them ran 1.2-2.4×
+/// formats), and the K formats everywhere without SIMD: its plain loops for them ran 1.3-2.5×
 /// as fast as the portable kernel.
 fn ours(format: Format) -> bool {
     ours_with(format, Kernel::best(), cfg!(target_feature = "neon"))

@@ -1,11 +1,10 @@
 //! Q4_1, Q5_0, Q5_1, Q8_0, Q5_K and Q6_K matrices used where they lie in the mapped file,
-//! as llama.cpp uses them (it repacks only Q4_0 and Q4_K here), and Q4_0 too for the portable
-//! kernel: loading them costs nothing
-//! (repacking a 1.1 GB Q8_0 model took 355 ms against llama.cpp's 17). Generation streams
-//! each row's blocks straight from the mapping. Prompts on the SIMD kernels repack each tile
-//! of 16 rows, as its thread reaches it, into a scratch tile that stays in cache while every
-//! activation row passes over it; on the portable one, 16 rows meet every activation row
-//! with generation's dot.
+//! as llama.cpp uses them (it repacks only Q4_0 and Q4_K here), and Q4_0 too for the
+//! portable kernel: loading them costs nothing (repacking a 1.1 GB Q8_0 model took 355 ms
+//! against llama.cpp's 17). Generation streams each row's blocks straight from the mapping.
+//! Prompts on the SIMD kernels repack each tile of 16 rows, as its thread reaches it, into a
+//! scratch tile that stays in cache while every activation row passes over it; on the
+//! portable one, 16 rows meet every activation row with generation's dot.
 
 use super::{
     check_input, in_chunks, k_rows, quantize_rows, run_tiles, widen_half, Activations,

@@ -1867,8 +1867,9 @@ mod tests {
         Ok(())
     }
 
-    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q5_K and Q6_K used where they lie: generation's row kernels and the
-    /// prompt's tiles repacked on the fly agree with candle, and rows dequantize as candle's.
+    /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q5_K and Q6_K used where they lie: generation's row
+    /// kernels and the prompt's tiles repacked on the fly agree with candle, and rows
+    /// dequantize as candle's.
     #[test]
     fn in_place_formats_match_candle() -> Result<()> {
         let n = 48;
