@@ -118,14 +118,14 @@ fn main() -> candle_core::Result<()> {
         .collect();
     println!("| format | m | kernel | candle | fitbench | candle / fitbench |");
     println!("|---|---|---|---|---|---|");
+    let held_for = if portable {
+        Kernel::Portable
+    } else {
+        Kernel::best()
+    };
     for &dtype in &formats {
         let weights = Tensor::randn(0f32, 0.02, (n, k), &Device::Cpu)?;
         let quantized = QTensor::quantize(&weights, dtype)?;
-        let held_for = if portable {
-            Kernel::Portable
-        } else {
-            Kernel::best()
-        };
         let tiles = ours(dtype, quantized.data()?.to_vec(), n, k, held_for)?;
         let candle = QMatMul::from_qtensor(quantized)?;
         let weight_values: Vec<f32> = weights.flatten_all()?.to_vec1()?;
@@ -161,20 +161,15 @@ fn main() -> candle_core::Result<()> {
     ceiling(&formats, k)
 }
 
+/// Activation rows in, the matmul's result out.
+type Matmul = Box<dyn Fn(&[f32]) -> Vec<f32>>;
+
 /// A matmul through candle's plain loops for `dtype` (its `vec_dot_unopt`, each weight row
 /// against each activation row), which is what candle runs on a CPU without AVX2 or NEON,
 /// such as an x86 box older than AVX2. On x86 candle picks AVX2 at run time, so its
 /// `forward` here would not show them. None for f16, which has no such loop.
-#[allow(clippy::type_complexity)]
-fn plain_loops(
-    dtype: GgmlDType,
-    weights: &[f32],
-    n: usize,
-) -> Option<Box<dyn Fn(&[f32]) -> Vec<f32>>> {
-    fn product<T: GgmlType + 'static>(
-        weights: &[f32],
-        n: usize,
-    ) -> Box<dyn Fn(&[f32]) -> Vec<f32>> {
+fn plain_loops(dtype: GgmlDType, weights: &[f32], n: usize) -> Option<Matmul> {
+    fn product<T: GgmlType + 'static>(weights: &[f32], n: usize) -> Matmul {
         let k = weights.len() / n;
         let mut rows = vec![T::zeros(); weights.len() / T::BLCK_SIZE];
         T::from_float(weights, &mut rows);
